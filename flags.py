@@ -1,0 +1,43 @@
+"""Every command-line flag of train_main.py.
+
+Flags that a dataset preset sets (SPEC section 4) default to None: the preset
+fills them, and a flag given on the command line wins.
+"""
+
+from absl import flags
+
+from spml_tf import config as config_lib
+
+flags.DEFINE_enum("dataset", "digits", config_lib.DATASETS, "Dataset; `digits` is embedded (no download).")
+flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord splits (default: the dataset's cache).")
+flags.DEFINE_string("model_dir", None, "Where results.json, weights and TensorBoard logs go (default: runs/...).")
+flags.DEFINE_enum("loss", None, config_lib.LOSSES, "Training loss (default em_apl).")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_integer("batch_size", None, "Global batch size.")
+flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
+flags.DEFINE_float("alpha", None, "EM: weight of the entropy term on unannotated labels.")
+flags.DEFINE_float("beta", None, "APL: weight of the loss on negative pseudo-labels.")
+flags.DEFINE_integer("warmup_epochs", None, "APL runs after every epoch >= this one (epochs count from 1).")
+flags.DEFINE_float("neg_proportion", None, "APL: share of the unannotated labels made negative in all (theta).")
+flags.DEFINE_enum("backbone", None, config_lib.BACKBONES, "Backbone network.")
+flags.DEFINE_string("weights", None, "Backbone weights: imagenet, none, or a path to a weights file.")
+flags.DEFINE_boolean("freeze_backbone", None, "Train only the linear head (linear probing).")
+flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
+flags.DEFINE_boolean("random_flip", None, "Random horizontal flip when training.")
+flags.DEFINE_integer("seed", None, "Seed of weight initialisation and shuffling.")
+flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement before stopping (paper: 0).")
+
+# Flags whose value becomes the Config field of the same name.
+CONFIG_FLAGS = (
+    "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",
+    "warmup_epochs", "neg_proportion", "backbone", "weights", "freeze_backbone", "image_size",
+    "random_flip", "seed", "patience",
+)
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+    """The dataset preset with every flag the user set replacing the preset's value."""
+    overrides = {name: getattr(FLAGS, name) for name in CONFIG_FLAGS if getattr(FLAGS, name) is not None}
+    return config_lib.from_overrides(FLAGS.dataset, **overrides)

@@ -1,0 +1,55 @@
+"""The single-positive observation process and the train/val split (SPEC section 4).
+
+Both reproduce the original code's random draws bit for bit, so observed
+labels made here equal the files the original code ships for the same data.
+"""
+
+import numpy as np
+
+from spml_tf.config import OBSERVATION_SEED, VAL_FRACTION
+from spml_tf.errors import DataError
+
+
+def observe_single_positive(full_labels, seed=OBSERVATION_SEED, num_negatives=0):
+    """Keeps one positive per row, chosen at random; everything else becomes unannotated (0).
+
+    One RandomState is consumed row by row, as in Cole et al.'s code: shuffle
+    the row's positive indices and keep the first, then shuffle its negative
+    indices and keep the first `num_negatives` as observed negatives (-1).
+    The negative shuffle happens even when none are kept, because the original
+    draws it, and skipping it would change every later row.
+    """
+    full_labels = np.asarray(full_labels)
+    check_label_matrix(full_labels, "full labels", allowed=(0, 1))
+    rng = np.random.RandomState(seed)
+    observed = np.zeros(full_labels.shape, dtype=np.float32)
+    for i, row in enumerate(full_labels):  # sequential by nature: one RNG stream
+        positives = np.nonzero(row == 1)[0]
+        if positives.size == 0:
+            raise DataError(f"row {i} of the full label matrix has no positive label")
+        rng.shuffle(positives)
+        observed[i, positives[0]] = 1.0
+        negatives = np.nonzero(row == 0)[0]
+        rng.shuffle(negatives)
+        observed[i, negatives[:num_negatives]] = -1.0
+    return observed
+
+
+def train_val_split(num_examples, val_fraction=VAL_FRACTION, seed=OBSERVATION_SEED):
+    """Sorted (train, val) indices of the official train set: the last val_fraction of a permutation is val."""
+    num_val = int(np.round(val_fraction * num_examples))
+    permutation = np.random.RandomState(seed).permutation(num_examples)
+    return np.sort(permutation[: num_examples - num_val]), np.sort(permutation[num_examples - num_val :])
+
+
+def check_label_matrix(labels, what, allowed):
+    """Raises DataError naming the first entry of `labels` whose value is not in `allowed`."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise DataError(f"{what} must be a 2-D matrix (examples x classes), got shape {labels.shape}")
+    bad = ~np.isin(labels, allowed)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"{what}: value {float(labels[row, col])!r} at example {row}, class {col} is not one of {sorted(allowed)}"
+        )

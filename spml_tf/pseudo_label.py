@@ -1,0 +1,88 @@
+"""Asymmetric pseudo-labelling (APL, SPEC section 3): a NumPy round and the Keras callback that runs it."""
+
+import numpy as np
+import keras
+
+from spml_tf import evaluation
+
+# A pseudo-negative stores -p. If p underflowed to exactly 0, -0.0 == 0 would
+# read as "unannotated" again; storing at least this keeps it marked, and
+# changes the loss by less than 1e-37.
+_SMALLEST_TARGET = np.finfo(np.float32).tiny
+
+
+def negatives_per_round(initial_unannotated, neg_proportion, num_rounds):
+    """floor(theta * U_c / (T_t - T_w)) for every class c."""
+    return np.floor(neg_proportion * np.asarray(initial_unannotated) / num_rounds).astype(np.int64)
+
+
+def apl_round(labels, probs, initial_unannotated, neg_proportion, num_epochs, warmup_epoch):
+    """One self-paced round: per class, the lowest-probability unannotated entries become -p.
+
+    Among the entries of class c still equal to 0, the
+    floor(neg_proportion * initial_unannotated[c] / (num_epochs - warmup_epoch))
+    with the lowest probability (ties broken by example index) are set to -p.
+    No positive pseudo-labels are made. Returns a new matrix.
+    """
+    labels = np.asarray(labels, dtype=np.float32)
+    probs = np.asarray(probs, dtype=np.float32)
+    per_round = negatives_per_round(initial_unannotated, neg_proportion, num_epochs - warmup_epoch)
+    unannotated = labels == 0.0
+    # Rank unannotated entries by probability within each column; annotated
+    # ones sort last. A stable sort keeps ties in example-index order.
+    keys = np.where(unannotated, probs, np.inf)
+    order = np.argsort(keys, axis=0, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(labels.shape[0])[:, None], axis=0)
+    chosen = unannotated & (rank < per_round[None, :])
+    return np.where(chosen, -np.maximum(probs, _SMALLEST_TARGET), labels)
+
+
+class APLCallback(keras.callbacks.Callback):
+    """After each epoch >= warmup, predicts every training example and adds APL pseudo-negatives to the bank.
+
+    Each round is recorded in `rounds` and in the epoch logs (`apl_*` keys).
+    """
+
+    def __init__(self, bank, predict_dataset, order, full_labels, config):
+        """`order[i]` is the example index of the i-th prediction of `predict_dataset`.
+
+        `full_labels` (N x C, index order) measures the pseudo-labels'
+        precision; None when the true training labels are unknown.
+        """
+        super().__init__()
+        self.bank = bank
+        self.predict_dataset = predict_dataset
+        self.order = np.asarray(order)
+        self.full_labels = full_labels
+        self.config = config
+        self.initial_unannotated = (bank.numpy() == 0.0).sum(axis=0)
+        self.rounds = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch += 1  # SPEC counts epochs from 1
+        # The round after the last epoch would change labels nothing trains on.
+        if epoch < self.config.warmup_epochs or epoch >= self.config.epochs:
+            return
+        probs = evaluation.predict_probabilities(self.model, self.predict_dataset, self.order)
+        before = self.bank.numpy()
+        after = apl_round(
+            before, probs, self.initial_unannotated, self.config.neg_proportion,
+            self.config.epochs, self.config.warmup_epochs,
+        )
+        self.bank.assign(after)
+        new = (after < 0) & (before == 0)
+        record = {
+            "epoch": epoch,
+            "new_pseudo_negatives": int(new.sum()),
+            "total_pseudo_negatives": int((after < 0).sum()),
+        }
+        if self.full_labels is not None:
+            record["precision"] = 100.0 * float((self.full_labels[new] == 0).mean()) if new.any() else 100.0
+            record["total_precision"] = 100.0 * float((self.full_labels[after < 0] == 0).mean())
+        self.rounds.append(record)
+        if logs is not None:
+            logs["apl_new_pseudo_negatives"] = record["new_pseudo_negatives"]
+            logs["apl_total_pseudo_negatives"] = record["total_pseudo_negatives"]
+            if "precision" in record:
+                logs["apl_precision"] = record["precision"]

@@ -1,0 +1,174 @@
+"""The TFRecord schema (one place for writer and reader) and the per-split manifest.
+
+One `tf.train.Example` per image:
+  image/encoded   bytes   the original encoded file (JPEG/PNG), never re-encoded
+  image/id        bytes   the source file name or id
+  label/full      float C true labels in {0, 1} (all zeros if unknown, see manifest)
+  label/observed  float C single-positive observed labels in {0, 1}
+  example/index   int64   0..N-1 within the split: the row of the label bank
+
+Per split, `<split>/manifest.json` lists the shards with their example counts,
+sizes and SHA-256. Shards are written under a temporary name and renamed when
+complete; the manifest is written last, so a split with a manifest is whole.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from spml_tf.errors import DataError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def feature_spec(num_classes):
+    """The parsing spec of one Example; the writer below produces exactly these features."""
+    return {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/id": tf.io.FixedLenFeature([], tf.string),
+        "label/full": tf.io.FixedLenFeature([num_classes], tf.float32),
+        "label/observed": tf.io.FixedLenFeature([num_classes], tf.float32),
+        "example/index": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def serialize_example(encoded, image_id, full, observed, index):
+    """One serialized Example with the schema above."""
+    def floats(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(values, np.float32).tolist()))
+
+    def bytes_(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    features = {
+        "image/encoded": bytes_(encoded),
+        "image/id": bytes_(image_id.encode("utf-8") if isinstance(image_id, str) else image_id),
+        "label/full": floats(full),
+        "label/observed": floats(observed),
+        "example/index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def parse_examples(serialized, num_classes):
+    """Parses a batch (or a single) serialized Example into a dict of tensors."""
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, feature_spec(num_classes))
+    return tf.io.parse_example(serialized, feature_spec(num_classes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    file: str
+    num_examples: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a split directory holds; `directory` is where it was read from (not stored)."""
+
+    dataset: str
+    split: str
+    num_examples: int
+    num_classes: int
+    class_names: tuple
+    shards: tuple
+    full_labels_known: bool = True
+    schema_version: int = SCHEMA_VERSION
+    directory: str = ""
+
+    @property
+    def shard_paths(self):
+        return [os.path.join(self.directory, shard.file) for shard in self.shards]
+
+    def to_json(self):
+        fields = dataclasses.asdict(self)
+        del fields["directory"]
+        fields["class_names"] = list(self.class_names)
+        fields["shards"] = [dataclasses.asdict(shard) for shard in self.shards]
+        return json.dumps(fields, indent=2)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_split(directory, *, dataset, split, class_names, examples, full_labels_known=True, shard_size_mb=150):
+    """Writes `examples` (an iterable of (encoded, image_id, full, observed)) as shards + manifest.
+
+    Example indices are assigned in iteration order. Returns the Manifest.
+    """
+    tf.io.gfile.makedirs(directory)
+    shard_limit = int(shard_size_mb * 2**20)
+    shards, writer, count, size, index = [], None, 0, 0, 0
+
+    def finish_shard():
+        name = f"{split}-{len(shards):05d}.tfrecord"
+        temporary, final = os.path.join(directory, name + ".tmp"), os.path.join(directory, name)
+        writer.close()
+        tf.io.gfile.rename(temporary, final, overwrite=True)
+        shards.append(Shard(name, count, tf.io.gfile.stat(final).length, _sha256(final)))
+
+    for encoded, image_id, full, observed in examples:
+        if writer is None:
+            name = f"{split}-{len(shards):05d}.tfrecord.tmp"
+            writer, count, size = tf.io.TFRecordWriter(os.path.join(directory, name)), 0, 0
+        record = serialize_example(encoded, image_id, full, observed, index)
+        writer.write(record)
+        index, count, size = index + 1, count + 1, size + len(record)
+        if size >= shard_limit:
+            finish_shard()
+            writer = None
+    if writer is not None:
+        finish_shard()
+    manifest = Manifest(
+        dataset=dataset, split=split, num_examples=index, num_classes=len(class_names),
+        class_names=tuple(class_names), shards=tuple(shards), full_labels_known=full_labels_known,
+        directory=directory,
+    )
+    temporary = os.path.join(directory, MANIFEST + ".tmp")
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        f.write(manifest.to_json())
+    tf.io.gfile.rename(temporary, os.path.join(directory, MANIFEST), overwrite=True)
+    return manifest
+
+
+def read_manifest(directory, convert_hint=""):
+    """Reads and checks a split's manifest against its shards; DataError naming the fix if they differ."""
+    path = os.path.join(directory, MANIFEST)
+    hint = f" {convert_hint}" if convert_hint else ""
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"no {MANIFEST} in {directory}: the split was never converted or its conversion did not finish.{hint}")
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            fields = json.load(f)
+        if fields.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"{path} has schema version {fields.get('schema_version')}, this code reads {SCHEMA_VERSION}.{hint}")
+        shards = tuple(Shard(**shard) for shard in fields.pop("shards"))
+        manifest = Manifest(**{**fields, "class_names": tuple(fields["class_names"]), "shards": shards, "directory": directory})
+    except (ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{path} is not a valid manifest ({error}).{hint}") from None
+    if sum(shard.num_examples for shard in shards) != manifest.num_examples:
+        raise DataError(f"{path}: shard example counts do not add up to num_examples={manifest.num_examples}.{hint}")
+    if len(manifest.class_names) != manifest.num_classes:
+        raise DataError(f"{path}: {len(manifest.class_names)} class names for num_classes={manifest.num_classes}.{hint}")
+    for shard in shards:
+        shard_path = os.path.join(directory, shard.file)
+        if os.path.basename(shard.file) != shard.file:
+            raise DataError(f"{path}: shard name {shard.file!r} must be a plain file name inside the split directory")
+        if not tf.io.gfile.exists(shard_path):
+            raise DataError(f"{shard_path} is listed in {path} but missing.{hint}")
+        if tf.io.gfile.stat(shard_path).length != shard.num_bytes:
+            raise DataError(f"{shard_path} has {tf.io.gfile.stat(shard_path).length} bytes, its manifest says {shard.num_bytes}.{hint}")
+    return manifest

@@ -1,0 +1,123 @@
+"""Builds and runs a training: data, model, loss over the label bank, callbacks, fit, test, save."""
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+
+from spml_tf import datasets, evaluation, losses, metrics, models, pipeline, pseudo_label
+from spml_tf.label_bank import LabelBank
+
+RESULTS = "results.json"
+BEST_WEIGHTS = "best.weights.h5"
+MODEL_FILE = "model.keras"
+LABEL_BANK = "label_bank.npy"
+
+
+def default_model_dir(config):
+    return os.path.join("runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def train_and_evaluate(config, log=print, verbose=1):
+    """Trains `config`, selects the epoch with the best validation mAP and returns the results dict.
+
+    Writes results.json, the best weights, the final model and TensorBoard logs
+    under config.model_dir (a fresh directory under runs/ when empty).
+    """
+    model_dir = config.model_dir or default_model_dir(config)
+    config = dataclasses.replace(config, model_dir=model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+
+    # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
+    splits = datasets.load(config.dataset, config.data_dir)
+    train_labels = pipeline.read_labels(splits.train)
+    val_labels = pipeline.read_labels(splits.val)
+    test_labels = pipeline.read_labels(splits.test)
+    size, batch = config.image_size, config.batch_size
+    train_ds = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed)
+    train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
+    val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
+    test_ds = pipeline.make_eval_dataset(splits.test, size, batch)
+    log(
+        f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
+        f"{splits.test.num_examples:,} test images, {splits.train.num_classes} classes; loss {config.loss}"
+    )
+
+    # Model and loss: the oracle trains on full labels, every other loss on observed ones.
+    model = models.build_model(config, splits.train.num_classes)
+    bank = LabelBank(train_labels.full if config.loss == "full" else train_labels.observed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=losses.LabelBankLoss(losses.from_config(config), bank),
+    )
+
+    # Callbacks: validation mAP first (early stopping and checkpointing read it),
+    # then APL, then the ones that only record.
+    summary = evaluation.EpochSummary(config.epochs, log=log)
+    callbacks = [evaluation.ValidationMAP(val_ds, val_labels.order, val_labels.full)]
+    apl = None
+    if config.loss == "em_apl":
+        full_known = splits.train.full_labels_known
+        apl = pseudo_label.APLCallback(bank, train_eval_ds, train_labels.order,
+                                       train_labels.full if full_known else None, config)
+        callbacks.append(apl)
+    callbacks += [
+        keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=config.patience,
+                                      restore_best_weights=True, verbose=0),
+        keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor="val_map", mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"), write_graph=False),
+    ]
+    if verbose:  # placed before the summary, so the progress bar ends its line first
+        callbacks.append(keras.callbacks.ProgbarLogger())
+    callbacks.append(summary)
+    model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+
+    # Evaluate the best epoch (EarlyStopping restored its weights) on val and test.
+    best = max(summary.records, key=lambda record: record["val_map"])
+    val_probs = evaluation.predict_probabilities(model, val_ds, val_labels.order)
+    test_probs = evaluation.predict_probabilities(model, test_ds, test_labels.order)
+    results = {
+        "config": dataclasses.asdict(config),
+        "class_names": list(splits.class_names),
+        "history": summary.records,
+        "apl_rounds": apl.rounds if apl else [],
+        "best_epoch": best["epoch"],
+        "val": metrics.evaluate(val_labels.full, val_probs, config.threshold),
+        "test": metrics.evaluate(test_labels.full, test_probs, config.threshold),
+    }
+    model.save(os.path.join(model_dir, MODEL_FILE))
+    np.save(os.path.join(model_dir, LABEL_BANK), bank.numpy())  # the final labels, pseudo-negatives included
+    _write_json(os.path.join(model_dir, RESULTS), results)
+    log(format_results(results))
+    log(f"Results, best weights and TensorBoard logs are in {model_dir}")
+    return results
+
+
+def format_results(results):
+    """A small table of the val and test metrics at the best epoch."""
+    lines = [f"Best epoch {results['best_epoch']} (by validation mAP, full labels)",
+             f"{'metric':<16}{'val':>8}{'test':>8}"]
+    for key in results["test"]:
+        lines.append(f"{key:<16}{results['val'][key]:>8.2f}{results['test'][key]:>8.2f}")
+    return "\n".join(lines)
+
+
+def _write_json(path, data):
+    """Writes atomically: a crash leaves the old file or the new one, never half of one."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(data, f, indent=2, default=_to_builtin)
+    os.replace(temporary, path)
+
+
+def _to_builtin(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,345 @@
+"""Tests for spml_tf.losses against an independent NumPy statement of SPEC section 2.
+
+The NumPy statement works in probability space, in float64, with exact logs
+(no 1e-5 epsilon): it is the formula the log-sigmoid implementation computes.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from spml_tf import losses
+from spml_tf.label_bank import LabelBank
+
+ALPHA = 0.2
+BETA = 0.02
+
+# name -> hyper-parameters passed to losses.get
+CASES = {
+    "full": {},
+    "an": {},
+    "em": {"alpha": ALPHA},
+    "em_apl": {"alpha": ALPHA, "beta": BETA},
+}
+
+
+# --- The independent NumPy statement -------------------------------------------------
+
+
+def sigmoid(x):
+    """Float64 logistic function."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def numpy_entry_terms(name, labels, logits, alpha=0.0, beta=0.0):
+    """SPEC's per-entry loss matrix, one entry at a time.
+
+    1 - p is computed as sigmoid(-x), which is the same number without the
+    cancellation of 1 - sigmoid(x) at large logits (so +-100 stays exact).
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
+    terms = np.zeros(labels.shape)
+    for i in range(labels.shape[0]):
+        for c in range(labels.shape[1]):
+            y = labels[i, c]
+            p = sigmoid(logits[i, c])
+            one_minus_p = sigmoid(-logits[i, c])
+            if y == 1.0:
+                # Annotated positive, the same in every loss.
+                terms[i, c] = -np.log(p)
+            elif name in ("full", "an"):
+                # Anything that is not a positive is a negative.
+                terms[i, c] = -np.log(one_minus_p)
+            elif y == 0.0:
+                # Unannotated: minus alpha times the binary entropy.
+                entropy = -p * np.log(p) - one_minus_p * np.log(one_minus_p)
+                terms[i, c] = -alpha * entropy
+            elif name == "em":
+                # Pseudo-negative -s: EM ignores it.
+                terms[i, c] = 0.0
+            else:
+                # Pseudo-negative -s under em_apl: beta * BCE with soft target s.
+                s = -y
+                terms[i, c] = beta * (-s * np.log(p) - (1.0 - s) * np.log(one_minus_p))
+    return terms
+
+
+def numpy_loss(name, labels, logits, **hp):
+    """The scalar the original optimises: sum of the entry matrix / (B * C)."""
+    terms = numpy_entry_terms(name, labels, logits, **hp)
+    return terms.sum() / terms.size
+
+
+def numpy_gradient(name, labels, logits, alpha=0.0, beta=0.0):
+    """d(loss)/d(logits) by hand.
+
+    With x the logit: d(-log p)/dx = p - 1, d(-log(1-p))/dx = p,
+    dH/dx = -x p (1 - p), so d(-alpha H)/dx = alpha x p (1 - p), and
+    d(beta BCE(p; s))/dx = beta (p - s). Every entry is divided by B * C.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
+    grad = np.zeros(labels.shape)
+    for i in range(labels.shape[0]):
+        for c in range(labels.shape[1]):
+            y = labels[i, c]
+            x = logits[i, c]
+            p = sigmoid(x)
+            one_minus_p = sigmoid(-x)
+            if y == 1.0:
+                grad[i, c] = -one_minus_p
+            elif name in ("full", "an"):
+                grad[i, c] = p
+            elif y == 0.0:
+                grad[i, c] = alpha * x * p * one_minus_p
+            elif name == "em":
+                grad[i, c] = 0.0
+            else:
+                grad[i, c] = beta * (p - (-y))
+    return grad / labels.size
+
+
+def finite_difference_gradient(name, labels, logits, h=1e-5, **hp):
+    """Float64 central finite difference of numpy_loss, one logit at a time."""
+    logits = np.asarray(logits, dtype=np.float64)
+    grad = np.zeros(logits.shape)
+    for index in np.ndindex(logits.shape):
+        up = logits.copy()
+        down = logits.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (numpy_loss(name, labels, up, **hp) - numpy_loss(name, labels, down, **hp)) / (2 * h)
+    return grad
+
+
+# --- Test data -----------------------------------------------------------------------
+
+
+def random_batch(name, seed, batch=6, classes=5):
+    """Float32 (labels, logits): one positive per row, logits in [-9, 9], some -s for em/em_apl."""
+    rng = np.random.default_rng(seed)
+    logits = rng.uniform(-9.0, 9.0, size=(batch, classes)).astype(np.float32)
+    if name == "full":
+        labels = (rng.random((batch, classes)) < 0.4).astype(np.float32)
+        labels[np.arange(batch), rng.integers(0, classes, batch)] = 1.0
+        return labels, logits
+    labels = np.zeros((batch, classes), dtype=np.float32)
+    labels[np.arange(batch), rng.integers(0, classes, batch)] = 1.0
+    # Soft pseudo-negatives -s, s in [0.01, 0.99); -0.0 would read as unannotated.
+    pseudo = (rng.random((batch, classes)) < 0.35) & (labels == 0.0)
+    labels[pseudo] = -rng.uniform(0.01, 0.99, size=pseudo.sum()).astype(np.float32)
+    assert (labels == 0.0).any() and (labels < 0.0).any()
+    return labels, logits
+
+
+def tf_value_and_gradient(loss, labels, logits):
+    """The Keras loss value and its gradient w.r.t. the logits."""
+    logits = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = loss(tf.constant(labels), logits)
+    return float(value), tape.gradient(value, logits).numpy()
+
+
+# --- Values --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_value_matches_numpy_statement(name, seed):
+    """loss(y_true, logits) equals sum(entries) / (B * C) of the NumPy statement."""
+    labels, logits = random_batch(name, seed)
+    loss = losses.get(name, **CASES[name])
+    value = float(loss(labels, logits))
+    expected = numpy_loss(name, labels, logits, **CASES[name])
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_call_returns_one_value_per_example(name):
+    """loss.call gives shape [B], each the mean over classes of that example's entries."""
+    labels, logits = random_batch(name, seed=3, batch=7, classes=4)
+    loss = losses.get(name, **CASES[name])
+    per_example = loss.call(tf.constant(labels), tf.constant(logits))
+    assert per_example.shape == (7,)
+    expected = numpy_entry_terms(name, labels, logits, **CASES[name]).mean(axis=1)
+    np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_em_value_can_be_negative():
+    """EM on unannotated labels only is -alpha * mean H(p) < 0 (SPEC: negative values are expected)."""
+    labels = np.zeros((2, 3), dtype=np.float32)
+    logits = np.array([[0.0, 1.0, -2.0], [0.5, -0.5, 3.0]], dtype=np.float32)
+    value = float(losses.get("em", alpha=ALPHA)(labels, logits))
+    assert value < 0.0
+    np.testing.assert_allclose(value, numpy_loss("em", labels, logits, alpha=ALPHA), rtol=1e-5)
+
+
+# --- Gradients -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient_matches_finite_difference(name):
+    """tf.GradientTape gradient equals a float64 central finite difference of the NumPy statement."""
+    labels, logits = random_batch(name, seed=4)
+    _, grad = tf_value_and_gradient(losses.get(name, **CASES[name]), labels, logits)
+    expected = finite_difference_gradient(name, labels, logits, **CASES[name])
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient_matches_analytic_gradient(name):
+    """tf.GradientTape gradient equals the hand-derived gradient."""
+    labels, logits = random_batch(name, seed=5)
+    _, grad = tf_value_and_gradient(losses.get(name, **CASES[name]), labels, logits)
+    expected = numpy_gradient(name, labels, logits, **CASES[name])
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-8)
+
+
+def test_em_gradient_on_unannotated_is_alpha_x_p_one_minus_p():
+    """EM's gradient on an unannotated entry is alpha * x * p (1 - p) / (B C): zero at x=0, small at large |x|."""
+    logits = np.array([[-8.0, -1.0, 0.0, 1.0, 8.0]], dtype=np.float32)
+    labels = np.zeros_like(logits)
+    _, grad = tf_value_and_gradient(losses.get("em", alpha=ALPHA), labels, logits)
+    x = logits.astype(np.float64)
+    expected = ALPHA * x * sigmoid(x) * (1.0 - sigmoid(x)) / labels.size
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-10)
+    assert grad[0, 2] == 0.0
+    assert abs(grad[0, 0]) < abs(grad[0, 1]) and abs(grad[0, 4]) < abs(grad[0, 3])
+
+
+def test_em_ignores_pseudo_negatives():
+    """EM gives 0 value and exactly 0 gradient at pseudo-negatives -s."""
+    labels = -np.array([[0.01, 0.3, 0.5], [0.9, 0.05, 0.7]], dtype=np.float32)
+    logits = np.array([[-9.0, 0.0, 2.0], [9.0, -3.0, 0.5]], dtype=np.float32)
+    value, grad = tf_value_and_gradient(losses.get("em", alpha=ALPHA), labels, logits)
+    assert value == 0.0
+    np.testing.assert_array_equal(grad, np.zeros_like(grad))
+
+    # Mixed with other labels: the -s entries still have exactly 0 gradient.
+    labels, logits = random_batch("em", seed=6)
+    _, grad = tf_value_and_gradient(losses.get("em", alpha=ALPHA), labels, logits)
+    assert np.all(grad[labels < 0.0] == 0.0)
+    assert np.all(grad[labels >= 0.0] != 0.0)
+
+
+def test_em_apl_pseudo_negative_gradient_is_beta_p_minus_s():
+    """em_apl pulls a pseudo-negative -s towards p = s: gradient beta * (p - s) / (B C), zero at p = s."""
+    s = np.array([0.1, 0.25, 0.6], dtype=np.float32)
+    labels = -s[None, :]
+    logits = np.log(s / (1.0 - s)).astype(np.float32)[None, :]  # p == s
+    logits[0, 2] += 2.0  # p > s there: positive gradient
+    _, grad = tf_value_and_gradient(losses.get("em_apl", alpha=ALPHA, beta=BETA), labels, logits)
+    p = sigmoid(logits)
+    np.testing.assert_allclose(grad, BETA * (p - s) / labels.size, rtol=1e-4, atol=1e-9)
+    assert abs(grad[0, 0]) < 1e-8 and grad[0, 2] > 0.0
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_extreme_logits_give_finite_values_and_gradients(name):
+    """At logits +-100 every label kind gives a finite value and gradient, equal to the exact formula."""
+    if name == "full":
+        labels = np.array([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=np.float32)
+    else:
+        labels = np.array([[1, 1, 0, 0, -0.3, -0.3], [0, -0.7, 1, 0, -0.7, 1]], dtype=np.float32)
+    logits = np.where(np.indices(labels.shape).sum(axis=0) % 2 == 0, 100.0, -100.0).astype(np.float32)
+    value, grad = tf_value_and_gradient(losses.get(name, **CASES[name]), labels, logits)
+    assert np.isfinite(value)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(value, numpy_loss(name, labels, logits, **CASES[name]), rtol=1e-5)
+    np.testing.assert_allclose(grad, numpy_gradient(name, labels, logits, **CASES[name]), rtol=1e-5, atol=1e-8)
+
+
+def test_extreme_logit_wrong_side_costs_its_magnitude():
+    """A positive at logit -100 and a negative at +100 each cost ~100 (not inf, not the 1e-5-capped 11.5)."""
+    labels = np.array([[1.0, 0.0]], dtype=np.float32)
+    logits = np.array([[-100.0, 100.0]], dtype=np.float32)
+    np.testing.assert_allclose(float(losses.get("an")(labels, logits)), 100.0, rtol=1e-6)
+
+
+# --- Factory -------------------------------------------------------------------------
+
+
+def test_get_em_apl_with_voc_hyperparameters():
+    """get("em_apl", alpha=0.2, beta=0.02) is an EM+APL loss carrying exactly those values."""
+    loss = losses.get("em_apl", alpha=0.2, beta=0.02)
+    assert isinstance(loss, losses.EntropyMaximizationAPL)
+    assert loss.name == "em_apl"
+    assert loss.alpha == 0.2 and loss.beta == 0.02
+    config = loss.get_config()
+    assert config["alpha"] == 0.2 and config["beta"] == 0.02
+    labels, logits = random_batch("em_apl", seed=7)
+    np.testing.assert_allclose(
+        float(loss(labels, logits)), numpy_loss("em_apl", labels, logits, alpha=0.2, beta=0.02), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("full", losses.FullLabels),
+        ("an", losses.AssumeNegative),
+        ("em", losses.EntropyMaximization),
+        ("em_apl", losses.EntropyMaximizationAPL),
+    ],
+)
+def test_get_returns_named_class(name, cls):
+    """Each registered name gives its class, named after the name."""
+    loss = losses.get(name, **CASES[name])
+    assert type(loss) is cls
+    assert loss.name == name
+
+
+def test_get_config_round_trip():
+    """from_config(get_config()) rebuilds an em_apl loss with the same hyper-parameters."""
+    loss = losses.get("em_apl", alpha=0.1, beta=0.9)
+    rebuilt = losses.EntropyMaximizationAPL.from_config(loss.get_config())
+    assert (rebuilt.alpha, rebuilt.beta, rebuilt.name) == (0.1, 0.9, "em_apl")
+
+
+@pytest.mark.parametrize("name", ["an_ls", "role", "EM", "bce", ""])
+def test_get_unknown_name_raises_value_error(name):
+    """An unregistered name raises ValueError naming it."""
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.get(name)
+
+
+# --- LabelBankLoss -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["an", "em", "em_apl"])
+@pytest.mark.parametrize("index_shape", ["flat", "column"])
+def test_label_bank_loss_gathers_labels_by_index(name, index_shape):
+    """LabelBankLoss with float example indices as y_true equals the inner loss on the gathered rows."""
+    bank_labels, _ = random_batch(name, seed=8, batch=10, classes=5)
+    _, logits = random_batch(name, seed=9, batch=4, classes=5)
+    index = np.array([7, 0, 7, 3], dtype=np.float32)  # unsorted, with a repeat
+    if index_shape == "column":
+        index = index[:, None]  # Keras often hands y_true as [B, 1]
+    inner = losses.get(name, **CASES[name])
+    wrapped = losses.LabelBankLoss(inner, LabelBank(bank_labels))
+
+    gathered = bank_labels[[7, 0, 7, 3]]
+    value = float(wrapped(index, logits))
+    np.testing.assert_allclose(value, float(inner(gathered, logits)), rtol=1e-6)
+    np.testing.assert_allclose(value, numpy_loss(name, gathered, logits, **CASES[name]), rtol=1e-5)
+    assert wrapped.call(tf.constant(index), tf.constant(logits)).shape == (4,)
+
+
+def test_label_bank_loss_sees_bank_updates():
+    """After bank.assign, the same LabelBankLoss reads the new labels."""
+    labels = np.zeros((3, 2), dtype=np.float32)
+    labels[:, 0] = 1.0
+    bank = LabelBank(labels)
+    wrapped = losses.LabelBankLoss(losses.get("em_apl", alpha=ALPHA, beta=BETA), bank)
+    index = np.array([0.0, 1.0, 2.0], dtype=np.float32)
+    logits = np.array([[2.0, -1.0], [1.0, 0.5], [0.0, -3.0]], dtype=np.float32)
+    before = float(wrapped(index, logits))
+    updated = labels.copy()
+    updated[:, 1] = -0.2
+    bank.assign(updated)
+    after = float(wrapped(index, logits))
+    np.testing.assert_allclose(before, numpy_loss("em_apl", labels, logits, alpha=ALPHA, beta=BETA), rtol=1e-5)
+    np.testing.assert_allclose(after, numpy_loss("em_apl", updated, logits, alpha=ALPHA, beta=BETA), rtol=1e-5)
+    assert before != after

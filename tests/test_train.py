@@ -1,0 +1,53 @@
+"""End to end: model.fit with the label bank, validation mAP, APL and early stopping."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from spml_tf import config as config_lib
+from spml_tf import datasets, pipeline, pseudo_label, train
+
+
+def _config(data_dir, model_dir, **overrides):
+    settings = dict(data_dir=data_dir, model_dir=model_dir, epochs=3, warmup_epochs=1, batch_size=32, patience=10)
+    return config_lib.from_overrides("digits", **{**settings, **overrides})
+
+
+def test_em_apl_trains_and_pseudo_labels_after_warmup(tiny_digits_dir, tmp_path):
+    config = _config(tiny_digits_dir, str(tmp_path))
+    results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+
+    observed = pipeline.read_labels(datasets.load("digits", tiny_digits_dir).train).observed
+    per_round = pseudo_label.negatives_per_round((observed == 0).sum(axis=0), 0.9, 3 - 1)
+    # Rounds after epochs 1 and 2; none after the last epoch, whose labels nothing would train on.
+    assert [r["epoch"] for r in results["apl_rounds"]] == [1, 2]
+    assert all(r["new_pseudo_negatives"] == per_round.sum() for r in results["apl_rounds"])
+    bank = np.load(tmp_path / "label_bank.npy")
+    np.testing.assert_array_equal((bank < 0).sum(axis=0), 2 * per_round)
+    np.testing.assert_array_equal(bank == 1, observed == 1)  # positives untouched
+    assert ((bank[bank < 0] > -1)).all()
+
+    assert [r["epoch"] for r in results["history"]] == [1, 2, 3]
+    assert all("val_map" in r and "loss" in r for r in results["history"])
+    assert results["history"][1]["apl_new_pseudo_negatives"] == per_round.sum()
+    best = max(results["history"], key=lambda r: r["val_map"])
+    assert results["best_epoch"] == best["epoch"]
+    # Best weights are restored before evaluation: val mAP equals the best epoch's.
+    assert results["val"]["map"] == pytest.approx(best["val_map"], abs=1e-6)
+    assert 0 <= results["test"]["map"] <= 100
+    for name in ("results.json", "best.weights.h5", "model.keras", "tensorboard"):
+        assert os.path.exists(tmp_path / name), name
+    stored = json.load(open(tmp_path / "results.json"))
+    assert stored["config"]["loss"] == "em_apl" and stored["test"] == results["test"]
+
+
+def test_patience_zero_stops_at_first_non_improvement(tiny_digits_dir, tmp_path):
+    config = _config(tiny_digits_dir, str(tmp_path), loss="an", epochs=6, patience=0, learning_rate=3e-2)
+    results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    maps = [r["val_map"] for r in results["history"]]
+    # Training ran while mAP improved and stopped right after the first epoch that did not.
+    assert all(later > earlier for earlier, later in zip(maps[:-2], maps[1:-1]))
+    assert len(maps) == 6 or maps[-1] <= max(maps[:-1])
+    assert results["apl_rounds"] == []
