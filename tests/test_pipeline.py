@@ -104,7 +104,7 @@ def test_every_step_sees_the_current_bank_with_repeat_and_prefetch():
     model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(num_classes)])
     model.compile(optimizer="sgd", loss=losses.LabelBankLoss(_MeanLabel(), bank))
     record = _BatchLosses()
-    model.fit(dataset, epochs=4, steps_per_epoch=8, callbacks=[_Flip(bank), record], verbose=0)
+    model.fit(dataset, epochs=4, steps_per_epoch=8, callbacks=[_Flip(bank), record], verbose=0, shuffle=False)
     for epoch, batch_losses in enumerate(record.per_epoch):
         expected = 0.0 if epoch % 2 == 0 else 1.0
         np.testing.assert_allclose(batch_losses, expected, atol=1e-7, err_msg=f"epoch {epoch + 1} saw stale labels")

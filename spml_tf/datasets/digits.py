@@ -1,9 +1,8 @@
 """The embedded dataset: multi-label mosaics of scikit-learn's bundled handwritten digits.
 
-Each image is a 3x3 grid of 8x8 digit scans holding 1 to 5 distinct classes
-(10 classes), placed at a random offset on a 32x32 RGB canvas and stored as
-PNG. Scans for train and
-test mosaics come from disjoint halves of the 1,797 scans. It then goes
+Each image is a 2x2 grid of 8x8 digit scans holding 2 to 4 distinct classes
+(of 10), upscaled to 32x32 RGB and stored as PNG. Scans for train and test
+mosaics come from disjoint halves of the 1,797 scans. It then goes
 through exactly the path of a real dataset: single-positive observation of
 the official train set (seed 1200) -> 80/20 train/val split -> TFRecord
 shards and manifests, built once into a cache directory and reused.
@@ -20,11 +19,13 @@ from spml_tf import labels, records
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
 NUM_OFFICIAL_TRAIN = 6000
 NUM_TEST = 2000
-GRID = 3  # cells per side: 24x24 pixels of digits
-MAX_CLASSES_PER_IMAGE = 5
-CANVAS = 32  # image side; the grid sits at a random offset inside it
+GRID = 2  # cells per side
+# Distinct classes per image. At least two, so every training image hides a
+# positive: the case assume-negative gets wrong and EM is built for.
+MIN_CLASSES, MAX_CLASSES = 2, 4
+SCALE = 2  # 16x16 mosaic -> 32x32 image
 SEED = 0  # of the mosaics; observation and split use the SPEC's seed 1200
-VERSION = 2  # bump when the images change, so stale caches are rebuilt
+VERSION = 4  # bump when the images change, so stale caches are rebuilt
 SHARD_SIZE_MB = 1  # several small shards, so training interleaves them like a real dataset
 
 
@@ -42,20 +43,20 @@ def _scan_pools():
 def make_mosaics(num_images, scans, targets, rng):
     """(images uint8 [N, 32, 32, 3], labels float32 [N, 10]) drawn from one pool of scans."""
     by_class = [np.flatnonzero(targets == c) for c in range(len(CLASS_NAMES))]
-    images = np.zeros((num_images, CANVAS, CANVAS), np.uint8)
+    images = np.zeros((num_images, 8 * GRID, 8 * GRID), np.uint8)
     num_cells = GRID * GRID
     label_matrix = np.zeros((num_images, len(CLASS_NAMES)), np.float32)
     for i in range(num_images):  # build time only, a few thousand tiny images
-        num_classes = rng.randint(1, MAX_CLASSES_PER_IMAGE + 1)
+        num_classes = rng.randint(MIN_CLASSES, MAX_CLASSES + 1)
         classes = rng.choice(len(CLASS_NAMES), num_classes, replace=False)
         # Every chosen class fills one cell; the other cells repeat chosen classes.
         cells = np.concatenate([classes, rng.choice(classes, num_cells - num_classes)])
         rng.shuffle(cells)
-        top, left = rng.randint(0, CANVAS - 8 * GRID + 1, size=2)
         for cell, c in enumerate(cells):
-            row, col = top + 8 * (cell // GRID), left + 8 * (cell % GRID)
+            row, col = 8 * (cell // GRID), 8 * (cell % GRID)
             images[i, row : row + 8, col : col + 8] = scans[rng.choice(by_class[c])]
         label_matrix[i, classes] = 1.0
+    images = np.repeat(np.repeat(images, SCALE, axis=1), SCALE, axis=2)
     return np.repeat(images[..., None], 3, axis=3), label_matrix
 
 

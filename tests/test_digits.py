@@ -1,0 +1,66 @@
+"""The embedded digits dataset: deterministic, in the real format, observed and split by the SPEC's rules."""
+
+import numpy as np
+
+from spml_tf import datasets, labels, pipeline
+from spml_tf.datasets import digits
+
+
+def _official_train(splits):
+    """Full and observed labels of the official train set, rebuilt from train + val by image id."""
+    rows = {}
+    for manifest in (splits.train, splits.val):
+        split_labels = pipeline.read_labels(manifest)
+        for image_id, full, observed in zip(split_labels.image_ids, split_labels.full, split_labels.observed):
+            rows[int(image_id.decode().rsplit("_", 1)[1])] = (full, observed, manifest.split)
+    order = sorted(rows)
+    assert order == list(range(len(order)))
+    return (np.array([rows[i][0] for i in order]), np.array([rows[i][1] for i in order]),
+            np.array([rows[i][2] for i in order]))
+
+
+def test_sizes_and_class_counts(tiny_digits_dir):
+    splits = datasets.load("digits", tiny_digits_dir)
+    assert (splits.train.num_examples, splits.val.num_examples, splits.test.num_examples) == (160, 40, 100)
+    assert splits.class_names == tuple("0123456789")
+    for manifest in (splits.train, splits.test):
+        counts = pipeline.read_labels(manifest).full.sum(axis=1)
+        assert counts.min() >= digits.MIN_CLASSES and counts.max() <= digits.MAX_CLASSES
+
+
+def test_observation_and_split_follow_the_spec(tiny_digits_dir):
+    """Observed labels come from the FULL official train matrix (seed 1200), before the 80/20 split."""
+    full, observed, split = _official_train(datasets.load("digits", tiny_digits_dir))
+    np.testing.assert_array_equal(observed, labels.observe_single_positive(full))
+    train_idx, val_idx = labels.train_val_split(len(full))
+    np.testing.assert_array_equal(np.flatnonzero(split == "train"), train_idx)
+    np.testing.assert_array_equal(np.flatnonzero(split == "val"), val_idx)
+
+
+def test_test_images_keep_all_labels(tiny_digits_dir):
+    test = pipeline.read_labels(datasets.load("digits", tiny_digits_dir).test)
+    np.testing.assert_array_equal(test.observed, test.full)
+
+
+def test_mosaics_are_deterministic_and_show_their_digits():
+    (scans, targets), _ = digits._scan_pools()
+    first = digits.make_mosaics(20, scans, targets, np.random.RandomState(5))
+    second = digits.make_mosaics(20, scans, targets, np.random.RandomState(5))
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    images, label_matrix = first
+    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+    # Each 16x16 quadrant is an upscaled scan of one of the image's classes.
+    for image, row in zip(images, label_matrix):
+        for quadrant in (image[:16, :16, 0], image[:16, 16:, 0], image[16:, :16, 0], image[16:, 16:, 0]):
+            scan = quadrant[::2, ::2]
+            matches = [c for c in np.flatnonzero(row) if any((scans[targets == c] == scan).all(axis=(1, 2)))]
+            assert matches, "a quadrant shows a digit that is not among the image's labels"
+
+
+def test_train_and_test_scans_are_disjoint():
+    (train_scans, _), (test_scans, _) = digits._scan_pools()
+    assert len(train_scans) + len(test_scans) == 1797
+    train_set = {scan.tobytes() for scan in train_scans}
+    shared = sum(scan.tobytes() in train_set for scan in test_scans)
+    assert shared <= 5  # the 1,797 scans hold a few exact duplicates; different scans otherwise
