@@ -7,8 +7,10 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from spml_tf import datasets, evaluation, losses, metrics, models, pipeline, pseudo_label
+from spml_tf.errors import DataError
 from spml_tf.label_bank import LabelBank
 
 RESULTS = "results.json"
@@ -75,7 +77,11 @@ def train_and_evaluate(config, log=print, verbose=1):
     if verbose:  # placed before the summary, so the progress bar ends its line first
         callbacks.append(keras.callbacks.ProgbarLogger())
     callbacks.append(summary)
-    model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    try:
+        model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        # A corrupt shard or an image that does not decode surfaces here.
+        raise DataError(f"reading the data of {config.dataset} failed: {error.message.splitlines()[0]}") from None
 
     # Evaluate the best epoch (EarlyStopping restored its weights) on val and test.
     best = max(summary.records, key=lambda record: record["val_map"])

@@ -67,3 +67,23 @@ def test_trains_from_the_command_line(tiny_digits_dir, tmp_path):
     results = json.load(open(tmp_path / "results.json"))
     assert results["config"]["loss"] == "em_apl" and results["config"]["epochs"] == 2
     assert results["config"]["batch_size"] == 32  # the digits preset fills what the flags leave unset
+
+
+def test_an_image_that_does_not_decode_is_a_data_error(tmp_path):
+    """A record whose image bytes are not an image stops training with exit code 1, not a traceback."""
+    import numpy as np
+    import tensorflow as tf
+
+    from spml_tf import records
+
+    good = tf.io.encode_png(np.zeros((32, 32, 3), np.uint8)).numpy()
+    for split in ("train", "val", "test"):
+        examples = [(good, "ok.png", [1.0, 0.0], [1.0, 0.0]), (b"not an image", "broken.jpg", [0.0, 1.0], [0.0, 1.0])]
+        records.write_split(str(tmp_path / split), dataset="voc", split=split, class_names=("a", "b"),
+                            examples=examples)
+    result = run("--dataset=voc", f"--data_dir={tmp_path}", "--backbone=small_cnn", "--weights=none",
+                 "--image_size=32", "--epochs=2", "--warmup_epochs=1", f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and "reading the data of voc failed" in lines[0]
