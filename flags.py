@@ -19,6 +19,15 @@ flags.DEFINE_float("alpha", None, "EM: weight of the entropy term on unannotated
 flags.DEFINE_float("beta", None, "APL: weight of the loss on negative pseudo-labels.")
 flags.DEFINE_integer("warmup_epochs", None, "APL runs after every epoch >= this one (epochs count from 1).")
 flags.DEFINE_float("neg_proportion", None, "APL: share of the unannotated labels made negative in all (theta).")
+flags.DEFINE_float("ls_coef", None, "an_ls: label smoothing coefficient.")
+flags.DEFINE_float("expected_num_pos", None, "epr, role: expected number of positives per image (k).")
+flags.DEFINE_integer("observed_negatives", None,
+                     "Negatives per image the observation process keeps (Cole et al.'s num_neg; digits only: "
+                     "other datasets fix it when converted).")
+flags.DEFINE_enum("train_set_variant", None, config_lib.LABEL_VARIANTS,
+                  "observed: single-positive training labels; clean: all labels (the `full` oracle).")
+flags.DEFINE_enum("val_set_variant", None, config_lib.LABEL_VARIANTS,
+                  "clean: select the epoch on full validation labels; observed: on single-positive ones.")
 flags.DEFINE_enum("backbone", None, config_lib.BACKBONES, "Backbone network.")
 flags.DEFINE_string("weights", None, "Backbone weights: imagenet, none, or a path to a weights file.")
 flags.DEFINE_boolean("freeze_backbone", None, "Train only the linear head (linear probing).")
@@ -30,7 +39,8 @@ flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement befor
 # Flags whose value becomes the Config field of the same name.
 CONFIG_FLAGS = (
     "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",
-    "warmup_epochs", "neg_proportion", "backbone", "weights", "freeze_backbone", "image_size",
+    "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
+    "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
     "random_flip", "seed", "patience",
 )
 

@@ -6,7 +6,8 @@ import os
 from spml_tf.errors import UsageError
 
 DATASETS = ("digits", "voc", "coco", "nuswide", "cub")
-LOSSES = ("full", "an", "em", "em_apl")
+LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl")
+LABEL_VARIANTS = ("observed", "clean")
 BACKBONES = ("resnet50", "small_cnn")
 
 # Seed of the single-positive observation process and of the train/val split:
@@ -30,6 +31,11 @@ class Config:
     beta: float = 0.02  # weight of the soft BCE on APL pseudo-negatives
     warmup_epochs: int = 5  # APL runs after every epoch >= warmup_epochs
     neg_proportion: float = 0.9  # theta: share of unannotated labels APL turns negative
+    ls_coef: float = 0.1  # label smoothing of an_ls
+    expected_num_pos: float = 1.5  # k of epr and role: the mean number of positives per image
+    observed_negatives: int = 0  # negatives kept per image by the observation process (Cole et al.'s num_neg)
+    train_set_variant: str = "observed"  # "clean": train on full labels (then `an` is `full`)
+    val_set_variant: str = "clean"  # "observed": select epochs on single-positive val labels
     backbone: str = "resnet50"
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     freeze_backbone: bool = False
@@ -42,6 +48,13 @@ class Config:
     def __post_init__(self):
         _check(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")
         _check(self.loss in LOSSES, f"--loss={self.loss!r} is not one of {', '.join(LOSSES)}")
+        _check(self.train_set_variant in LABEL_VARIANTS,
+               f"--train_set_variant={self.train_set_variant!r} is not one of {', '.join(LABEL_VARIANTS)}")
+        _check(self.val_set_variant in LABEL_VARIANTS,
+               f"--val_set_variant={self.val_set_variant!r} is not one of {', '.join(LABEL_VARIANTS)}")
+        _check(0 <= self.ls_coef < 0.5, f"--ls_coef={self.ls_coef} must be in [0, 0.5)")
+        _check(self.expected_num_pos > 0, f"--expected_num_pos={self.expected_num_pos} must be positive")
+        _check(self.observed_negatives >= 0, f"--observed_negatives={self.observed_negatives} must be >= 0")
         _check(self.backbone in BACKBONES, f"--backbone={self.backbone!r} is not one of {', '.join(BACKBONES)}")
         _check(self.epochs >= 1, f"--epochs={self.epochs} must be at least 1")
         _check(self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1")
@@ -64,11 +77,6 @@ class Config:
         if self.backbone == "small_cnn":
             _check(self.weights == "none", "--backbone=small_cnn has no pretrained weights: use --weights=none")
 
-    @property
-    def apl_rounds(self):
-        """Number of APL rounds that can still affect training (SPEC: T_t - T_w)."""
-        return self.epochs - self.warmup_epochs
-
 
 def _check(condition, message):
     if not condition:
@@ -77,18 +85,24 @@ def _check(condition, message):
 
 # SPEC section 4: (batch, lr, alpha, beta, T_w) per dataset; ResNet-50 at 448x448
 # from ImageNet weights, Adam, 10 epochs, theta = 0.9.
+# expected_num_pos: the mean positives per image that EPR and ROLE assume (SPEC section 2).
 _PAPER = Config(backbone="resnet50", weights="imagenet", image_size=448, epochs=10, neg_proportion=0.9)
 PRESETS = {
-    "voc": dataclasses.replace(_PAPER, dataset="voc", batch_size=8, learning_rate=1e-5, alpha=0.2, beta=0.02, warmup_epochs=5),
-    "coco": dataclasses.replace(_PAPER, dataset="coco", batch_size=16, learning_rate=1e-5, alpha=0.1, beta=0.9, warmup_epochs=5),
-    "nuswide": dataclasses.replace(_PAPER, dataset="nuswide", batch_size=16, learning_rate=1e-5, alpha=0.1, beta=0.2, warmup_epochs=4),
-    "cub": dataclasses.replace(_PAPER, dataset="cub", batch_size=8, learning_rate=1e-4, alpha=0.01, beta=0.4, warmup_epochs=3),
+    "voc": dataclasses.replace(_PAPER, dataset="voc", batch_size=8, learning_rate=1e-5, alpha=0.2, beta=0.02,
+                               warmup_epochs=5, expected_num_pos=1.5),
+    "coco": dataclasses.replace(_PAPER, dataset="coco", batch_size=16, learning_rate=1e-5, alpha=0.1, beta=0.9,
+                                warmup_epochs=5, expected_num_pos=2.9),
+    "nuswide": dataclasses.replace(_PAPER, dataset="nuswide", batch_size=16, learning_rate=1e-5, alpha=0.1,
+                                   beta=0.2, warmup_epochs=4, expected_num_pos=1.9),
+    "cub": dataclasses.replace(_PAPER, dataset="cub", batch_size=8, learning_rate=1e-4, alpha=0.01, beta=0.4,
+                               warmup_epochs=3, expected_num_pos=31.4),
     # The embedded dataset: 32x32 digit mosaics and a small CNN trained from
     # scratch, so it runs on a laptop CPU in minutes. No flip: a mirrored digit
     # is a different glyph, not the same class seen from another side.
     "digits": Config(
         dataset="digits", backbone="small_cnn", weights="none", image_size=32, random_flip=False,
         batch_size=32, learning_rate=1e-3, alpha=0.2, beta=0.02, epochs=10, warmup_epochs=5,
+        expected_num_pos=3.0,  # the true mean: 2, 3 or 4 classes per image, uniformly
     ),
 }
 

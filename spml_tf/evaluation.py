@@ -19,14 +19,15 @@ def predict_probabilities(model, dataset, order):
 class ValidationMAP(keras.callbacks.Callback):
     """Adds `val_map` (mAP in percent on the validation split) to the logs after every epoch."""
 
-    def __init__(self, dataset, order, labels):
+    def __init__(self, classifier, dataset, order, labels):
         super().__init__()
+        self.classifier = classifier  # the image -> logits model (ROLE trains a wider one)
         self.dataset = dataset
         self.order = order
         self.labels = labels
 
     def on_epoch_end(self, epoch, logs=None):
-        probs = predict_probabilities(self.model, self.dataset, self.order)
+        probs = predict_probabilities(self.classifier, self.dataset, self.order)
         if logs is not None:
             logs["val_map"] = metrics.mean_average_precision(self.labels, probs)
 

@@ -11,7 +11,7 @@ MAX_EXAMPLES = 2**24
 
 
 class LabelBank:
-    """N x C labels in the SPEC encoding (1, 0, -s), indexed by `example/index`.
+    """N x C labels in the SPEC encoding (1, 0, -s; -1 observed negative), indexed by `example/index`.
 
     Create it under the distribution strategy's scope, so each replica holds a
     copy; `assign` from a callback (cross-replica context) updates all copies.
@@ -45,14 +45,14 @@ class LabelBank:
 
 
 def check_encoding(labels, what):
-    """Raises DataError unless `labels` is a matrix of values 1, 0 or -s with 0 <= s < 1."""
+    """Raises DataError unless `labels` is a matrix of values 1, 0, -1 or -s with 0 <= s < 1."""
     labels = np.asarray(labels, dtype=np.float32)
     if labels.ndim != 2:
         raise DataError(f"{what}: expected a matrix (examples x classes), got shape {labels.shape}")
-    valid = (labels == 1.0) | ((labels <= 0.0) & (labels > -1.0))  # also False for nan
+    valid = (labels == 1.0) | ((labels <= 0.0) & (labels >= -1.0))  # also False for nan
     if not valid.all():
         row, col = np.argwhere(~valid)[0]
         raise DataError(
             f"{what}: value {float(labels[row, col])!r} at example {row}, class {col} is outside the encoding "
-            "{-s (0 <= s < 1), 0, 1}"
+            "{-1, -s (0 <= s < 1), 0, 1}"
         )

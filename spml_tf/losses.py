@@ -1,7 +1,9 @@
 """SPML losses as Keras Losses: labels in the SPEC encoding, logits in, per-example values out.
 
 Label encoding (SPEC section 1): 1 annotated positive, 0 unannotated, -s an
-APL negative pseudo-label whose soft target is s.
+APL negative pseudo-label whose soft target is s (0 <= s < 1). Only with
+`--observed_negatives` (Cole et al.'s `num_neg`): -1 an annotated negative,
+which every loss treats as a known negative, -log(1 - p).
 
 Every `call()` returns the mean over classes of the per-entry terms, one value
 per example; Keras's default `sum_over_batch_size` reduction then averages over
@@ -33,11 +35,20 @@ class SPMLLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         labels = tf.cast(y_true, tf.float32)
         logits = tf.cast(y_pred, tf.float32)
-        return tf.reduce_mean(self.entry_terms(labels, logits), axis=-1)
+        terms = tf.where(labels == -1.0, self.negative_term(logits), self.entry_terms(labels, logits))
+        return tf.reduce_mean(terms, axis=-1) + self.regularizer(labels, logits)
 
     def entry_terms(self, labels, logits):
-        """The per-entry loss matrix (batch x classes)."""
+        """The per-entry loss matrix (batch x classes) for labels 1, 0 and -s."""
         raise NotImplementedError
+
+    def negative_term(self, logits):
+        """The term of an annotated negative (-1)."""
+        return -_log_not_p(logits)
+
+    def regularizer(self, labels, logits):
+        """A batch-level term added to every example's value (so the batch mean carries it once)."""
+        return 0.0
 
 
 class AssumeNegative(SPMLLoss):
@@ -55,6 +66,104 @@ class FullLabels(AssumeNegative):
 
     def __init__(self, name="full", **kwargs):
         super().__init__(name=name, **kwargs)
+
+
+class LabelSmoothing(SPMLLoss):
+    """AN-LS: assume negative with label smoothing e: targets 1 - e and e instead of 1 and 0."""
+
+    def __init__(self, ls_coef=0.1, name="an_ls", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ls_coef = float(ls_coef)
+
+    def negative_term(self, logits):
+        return -(1.0 - self.ls_coef) * _log_not_p(logits) - self.ls_coef * _log_p(logits)
+
+    def entry_terms(self, labels, logits):
+        positive = -(1.0 - self.ls_coef) * _log_p(logits) - self.ls_coef * _log_not_p(logits)
+        return tf.where(labels == 1.0, positive, self.negative_term(logits))
+
+    def get_config(self):
+        return {**super().get_config(), "ls_coef": self.ls_coef}
+
+
+class WeakAssumeNegative(SPMLLoss):
+    """WAN: -log p on positives, -log(1 - p) / (C - 1) on unannotated labels."""
+
+    def __init__(self, name="wan", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def entry_terms(self, labels, logits):
+        num_classes = tf.cast(tf.shape(logits)[-1], tf.float32)
+        return tf.where(labels == 1.0, -_log_p(logits), -_log_not_p(logits) / (num_classes - 1.0))
+
+
+def expected_positive_penalty(logits, expected_num_pos):
+    """EPR's regulariser: (mean over the batch of sum_c p - k)^2 / C^2."""
+    num_classes = tf.cast(tf.shape(logits)[-1], tf.float32)
+    mean_positives = tf.reduce_mean(tf.reduce_sum(tf.sigmoid(logits), axis=-1))
+    return tf.square(mean_positives - expected_num_pos) / tf.square(num_classes)
+
+
+class ExpectedPositiveRegularization(SPMLLoss):
+    """EPR: -log p on positives only, plus a penalty pulling the predicted positive count to k.
+
+    The penalty is a function of the whole batch; it is added to every
+    example's value, so Keras's batch mean adds it exactly once. (Under a
+    distribution strategy each replica computes it on its own share.)
+    """
+
+    def __init__(self, expected_num_pos, name="epr", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.expected_num_pos = float(expected_num_pos)
+
+    def entry_terms(self, labels, logits):
+        return tf.where(labels == 1.0, -_log_p(logits), 0.0)
+
+    def regularizer(self, labels, logits):
+        return expected_positive_penalty(logits, self.expected_num_pos)
+
+    def get_config(self):
+        return {**super().get_config(), "expected_num_pos": self.expected_num_pos}
+
+
+class RegularizedOnlineLabelEstimation(SPMLLoss):
+    """ROLE (Cole et al.): the classifier p and a per-example label estimator q teach each other.
+
+    `y_pred` is [classifier logits | estimator logits] (2C columns; see
+    models.with_label_estimator). Entry term
+    0.5 (pos(p) + pos(q)) + 0.5 (BCE(p; stop_grad(q)) + BCE(q; stop_grad(p))),
+    pos(x) = -log x on annotated positives only, plus 0.5 (EPR(p) + EPR(q)).
+    """
+
+    def __init__(self, expected_num_pos, name="role", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.expected_num_pos = float(expected_num_pos)
+
+    @staticmethod
+    def split(logits):
+        return tf.split(logits, 2, axis=-1)
+
+    def call(self, y_true, y_pred):
+        labels = tf.cast(y_true, tf.float32)
+        p_logits, q_logits = self.split(tf.cast(y_pred, tf.float32))
+        terms = self.entry_terms(labels, p_logits, q_logits)
+        # Annotated negatives are known for both: -log(1 - p) and -log(1 - q).
+        negative = 0.5 * (self.negative_term(p_logits) + self.negative_term(q_logits))
+        terms = tf.where(labels == -1.0, negative, terms)
+        penalty = 0.5 * (expected_positive_penalty(p_logits, self.expected_num_pos)
+                         + expected_positive_penalty(q_logits, self.expected_num_pos))
+        return tf.reduce_mean(terms, axis=-1) + penalty
+
+    def entry_terms(self, labels, p_logits, q_logits):
+        p, q = tf.sigmoid(p_logits), tf.sigmoid(q_logits)
+        positive = tf.where(labels == 1.0, -_log_p(p_logits) - _log_p(q_logits), 0.0)
+        q_target, p_target = tf.stop_gradient(q), tf.stop_gradient(p)
+        cross_p = -q_target * _log_p(p_logits) - (1.0 - q_target) * _log_not_p(p_logits)
+        cross_q = -p_target * _log_p(q_logits) - (1.0 - p_target) * _log_not_p(q_logits)
+        return 0.5 * positive + 0.5 * (cross_p + cross_q)
+
+    def get_config(self):
+        return {**super().get_config(), "expected_num_pos": self.expected_num_pos}
 
 
 class EntropyMaximization(SPMLLoss):
@@ -86,7 +195,7 @@ class EntropyMaximizationAPL(EntropyMaximization):
         self.beta = float(beta)
 
     def entry_terms(self, labels, logits):
-        soft_target = tf.maximum(-labels, 0.0)
+        soft_target = tf.maximum(-labels, 0.0)  # labels -1 are replaced in call()
         pseudo_negative = -self.beta * (soft_target * _log_p(logits) + (1.0 - soft_target) * _log_not_p(logits))
         em = super().entry_terms(labels, logits)
         return tf.where(labels < 0.0, pseudo_negative, em)
@@ -98,6 +207,10 @@ class EntropyMaximizationAPL(EntropyMaximization):
 _REGISTRY = {
     "full": FullLabels,
     "an": AssumeNegative,
+    "an_ls": LabelSmoothing,
+    "wan": WeakAssumeNegative,
+    "epr": ExpectedPositiveRegularization,
+    "role": RegularizedOnlineLabelEstimation,
     "em": EntropyMaximization,
     "em_apl": EntropyMaximizationAPL,
 }
@@ -112,7 +225,13 @@ def get(name, **hyperparameters):
 
 def from_config(config):
     """The Loss a training Config asks for, with its hyper-parameters."""
-    hyperparameters = {"em": {"alpha": config.alpha}, "em_apl": {"alpha": config.alpha, "beta": config.beta}}
+    hyperparameters = {
+        "an_ls": {"ls_coef": config.ls_coef},
+        "epr": {"expected_num_pos": config.expected_num_pos},
+        "role": {"expected_num_pos": config.expected_num_pos},
+        "em": {"alpha": config.alpha},
+        "em_apl": {"alpha": config.alpha, "beta": config.beta},
+    }
     return get(config.loss, **hyperparameters.get(config.loss, {}))
 
 

@@ -1,6 +1,7 @@
 """Classifiers: an image in [0, 255] -> C logits. Normalisation is the first layer."""
 
 import keras
+import numpy as np
 
 # Keras's ResNet50 ImageNet weights were trained on caffe-style inputs: BGR,
 # mean-subtracted, not scaled (not the torchvision normalisation of the
@@ -55,3 +56,47 @@ def build_model(config, num_classes):
     # Logits stay float32 under mixed precision: the losses need the precision.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
     return keras.Model(inputs, logits, name=f"{config.backbone}_spml")
+
+
+# ROLE's label estimator: logit(0.995) at annotated positives, uniform in
+# +-logit(0.6) elsewhere (Cole et al.).
+_ESTIMATOR_POSITIVE_LOGIT = float(np.log(0.995 / 0.005))
+_ESTIMATOR_INIT_RANGE = float(np.log(0.6 / 0.4))
+
+
+class LabelEstimator(keras.layers.Layer):
+    """ROLE's trainable N x C label logits, looked up by example index.
+
+    Stored divided by `lr_multiplier` and multiplied back in `call`: Adam's
+    step is invariant to the gradient's scale, so the logits move
+    `lr_multiplier` times faster than the classifier's weights, which is
+    Adam with a `lr_multiplier` x learning rate (up to Adam's epsilon),
+    without a second optimizer. Used for training only; never saved.
+    """
+
+    def __init__(self, initial_logits, lr_multiplier=10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.lr_multiplier = float(lr_multiplier)
+        initial = np.asarray(initial_logits, dtype=np.float32) / self.lr_multiplier
+        self.scaled_logits = self.add_weight(shape=initial.shape, initializer="zeros", name="scaled_logits")
+        self.scaled_logits.assign(initial)
+
+    def call(self, index):
+        index = keras.ops.cast(keras.ops.reshape(index, [-1]), "int32")
+        return self.lr_multiplier * keras.ops.take(self.scaled_logits, index, axis=0)
+
+
+def initial_estimator_logits(observed, seed):
+    """SPEC's initialisation of ROLE's label estimator from the observed label matrix."""
+    rng = np.random.RandomState(seed)
+    logits = rng.uniform(-_ESTIMATOR_INIT_RANGE, _ESTIMATOR_INIT_RANGE, size=observed.shape)
+    return np.where(observed == 1, _ESTIMATOR_POSITIVE_LOGIT, logits).astype(np.float32)
+
+
+def with_label_estimator(classifier, observed, seed, lr_multiplier=10.0):
+    """ROLE's training model: (image, example index) -> [classifier logits | estimator logits]."""
+    image = keras.Input(shape=classifier.input_shape[1:], name="image")
+    index = keras.Input(shape=(), dtype="int64", name="index")
+    estimator = LabelEstimator(initial_estimator_logits(observed, seed), lr_multiplier, name="label_estimator")
+    outputs = keras.layers.Concatenate(name="classifier_and_estimator")([classifier(image), estimator(index)])
+    return keras.Model([image, index], outputs, name="role_trainer")

@@ -86,7 +86,7 @@ class SplitLabels:
 
     order: np.ndarray  # order[i] = example index of the i-th element of make_eval_dataset
     full: np.ndarray  # N x C in {0, 1}
-    observed: np.ndarray  # N x C in {0, 1}
+    observed: np.ndarray  # N x C in {-1, 0, 1}
     image_ids: np.ndarray  # N source ids (bytes)
 
 
@@ -117,6 +117,7 @@ def read_labels(manifest):
         return np.concatenate(parts[key])[inverse]
 
     full, observed = in_index_order("label/full"), in_index_order("label/observed")
-    for name, values in (("label/full", full), ("label/observed", observed)):
-        labels.check_label_matrix(values, f"{manifest.directory}: {name}", allowed=(0, 1))
+    labels.check_label_matrix(full, f"{manifest.directory}: label/full", allowed=(0, 1))
+    # -1 marks an observed negative (datasets made with --observed_negatives).
+    labels.check_label_matrix(observed, f"{manifest.directory}: label/observed", allowed=(-1, 0, 1))
     return SplitLabels(order=order, full=full, observed=observed, image_ids=in_index_order("image/id"))

@@ -44,13 +44,14 @@ class APLCallback(keras.callbacks.Callback):
     Each round is recorded in `rounds` and in the epoch logs (`apl_*` keys).
     """
 
-    def __init__(self, bank, predict_dataset, order, full_labels, config):
+    def __init__(self, classifier, bank, predict_dataset, order, full_labels, config):
         """`order[i]` is the example index of the i-th prediction of `predict_dataset`.
 
         `full_labels` (N x C, index order) measures the pseudo-labels'
         precision; None when the true training labels are unknown.
         """
         super().__init__()
+        self.classifier = classifier
         self.bank = bank
         self.predict_dataset = predict_dataset
         self.order = np.asarray(order)
@@ -64,7 +65,7 @@ class APLCallback(keras.callbacks.Callback):
         # The round after the last epoch would change labels nothing trains on.
         if epoch < self.config.warmup_epochs or epoch >= self.config.epochs:
             return
-        probs = evaluation.predict_probabilities(self.model, self.predict_dataset, self.order)
+        probs = evaluation.predict_probabilities(self.classifier, self.predict_dataset, self.order)
         before = self.bank.numpy()
         after = apl_round(
             before, probs, self.initial_unannotated, self.config.neg_proportion,

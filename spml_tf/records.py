@@ -4,7 +4,9 @@ One `tf.train.Example` per image:
   image/encoded   bytes   the original encoded file (JPEG/PNG), never re-encoded
   image/id        bytes   the source file name or id
   label/full      float C true labels in {0, 1} (all zeros if unknown, see manifest)
-  label/observed  float C single-positive observed labels in {0, 1}
+  label/observed  float C observed labels: 1 the single annotated positive, 0
+                          unannotated, -1 an observed negative (only when the
+                          dataset was made with observed negatives)
   example/index   int64   0..N-1 within the split: the row of the label bank
 
 Per split, `<split>/manifest.json` lists the shards with their example counts,

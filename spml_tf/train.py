@@ -35,7 +35,7 @@ def train_and_evaluate(config, log=print, verbose=1):
     keras.utils.set_random_seed(config.seed)
 
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
-    splits = datasets.load(config.dataset, config.data_dir)
+    splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     train_labels = pipeline.read_labels(splits.train)
     val_labels = pipeline.read_labels(splits.val)
     test_labels = pipeline.read_labels(splits.test)
@@ -51,8 +51,13 @@ def train_and_evaluate(config, log=print, verbose=1):
 
     # Model and loss: the oracle trains on full labels, every other loss on observed ones.
     model = models.build_model(config, splits.train.num_classes)
-    bank = LabelBank(train_labels.full if config.loss == "full" else train_labels.observed)
-    model.compile(
+    clean = config.loss == "full" or config.train_set_variant == "clean"
+    bank = LabelBank(train_labels.full if clean else train_labels.observed)
+    trainer = model
+    if config.loss == "role":  # ROLE also trains a label estimator, indexed by example
+        trainer = models.with_label_estimator(model, train_labels.observed, config.seed)
+        train_ds = train_ds.map(lambda image, index: ((image, index), index))
+    trainer.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=losses.LabelBankLoss(losses.from_config(config), bank),
     )
@@ -60,11 +65,13 @@ def train_and_evaluate(config, log=print, verbose=1):
     # Callbacks: validation mAP first (early stopping and checkpointing read it),
     # then APL, then the ones that only record.
     summary = evaluation.EpochSummary(config.epochs, log=log)
-    callbacks = [evaluation.ValidationMAP(val_ds, val_labels.order, val_labels.full)]
+    # Cole et al.'s "observed" variant selects on the single-positive val labels.
+    val_targets = val_labels.full if config.val_set_variant == "clean" else np.maximum(val_labels.observed, 0)
+    callbacks = [evaluation.ValidationMAP(model, val_ds, val_labels.order, val_targets)]
     apl = None
     if config.loss == "em_apl":
         full_known = splits.train.full_labels_known
-        apl = pseudo_label.APLCallback(bank, train_eval_ds, train_labels.order,
+        apl = pseudo_label.APLCallback(model, bank, train_eval_ds, train_labels.order,
                                        train_labels.full if full_known else None, config)
         callbacks.append(apl)
     callbacks += [
@@ -78,12 +85,13 @@ def train_and_evaluate(config, log=print, verbose=1):
         callbacks.append(keras.callbacks.ProgbarLogger())
     callbacks.append(summary)
     try:
-        model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        trainer.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         # A corrupt shard or an image that does not decode surfaces here.
         raise DataError(f"reading the data of {config.dataset} failed: {error.message.splitlines()[0]}") from None
 
-    # Evaluate the best epoch (EarlyStopping restored its weights) on val and test.
+    # Evaluate the best epoch (EarlyStopping restored its weights) on val and test,
+    # always against full labels.
     best = max(summary.records, key=lambda record: record["val_map"])
     val_probs = evaluation.predict_probabilities(model, val_ds, val_labels.order)
     test_probs = evaluation.predict_probabilities(model, test_ds, test_labels.order)

@@ -298,7 +298,7 @@ def test_get_config_round_trip():
     assert (rebuilt.alpha, rebuilt.beta, rebuilt.name) == (0.1, 0.9, "em_apl")
 
 
-@pytest.mark.parametrize("name", ["an_ls", "role", "EM", "bce", ""])
+@pytest.mark.parametrize("name", ["EM", "bce", "role_", ""])
 def test_get_unknown_name_raises_value_error(name):
     """An unregistered name raises ValueError naming it."""
     with pytest.raises(ValueError, match="unknown loss"):

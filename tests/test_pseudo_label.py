@@ -165,9 +165,9 @@ def test_negatives_per_round_voc_like_counts():
 # --- Label bank encoding -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [1.5, -1.0, np.nan, 0.5, np.inf, -np.inf, -1.5])
+@pytest.mark.parametrize("bad", [1.5, -1.01, np.nan, 0.5, np.inf, -np.inf, -1.5])
 def test_check_encoding_rejects(bad):
-    """Values outside {1, 0, -s with 0 <= s < 1} raise DataError naming the position."""
+    """Values outside {1, 0, -1, -s with 0 <= s < 1} raise DataError naming the position."""
     matrix = np.array([[1.0, 0.0], [-0.3, 0.0]], dtype=np.float32)
     matrix[1, 1] = bad
     with pytest.raises(DataError, match="example 1, class 1"):
@@ -175,15 +175,15 @@ def test_check_encoding_rejects(bad):
 
 
 def test_check_encoding_accepts_valid_values():
-    """1, 0, -0.0, -0.3, a tiny negative and -0.999 pass."""
+    """1, 0, -0.0, -0.3, a tiny negative, -0.999 and -1 (an observed negative) pass."""
     tiny = np.finfo(np.float32).tiny
-    check_encoding(np.array([[1.0, 0.0, -0.3], [-0.0, -tiny, -0.999]], dtype=np.float32), "label bank")
+    check_encoding(np.array([[1.0, 0.0, -0.3, -1.0], [-0.0, -tiny, -0.999, 0.0]], dtype=np.float32), "label bank")
 
 
 def test_label_bank_rejects_bad_initial_labels_and_updates():
     """LabelBank refuses an out-of-encoding matrix at creation and at assign, and a wrong shape at assign."""
     with pytest.raises(DataError):
-        LabelBank(np.array([[1.0, -1.0]], dtype=np.float32))
+        LabelBank(np.array([[1.0, -1.5]], dtype=np.float32))
     bank = LabelBank(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
     with pytest.raises(DataError):
         bank.assign(np.array([[1.0, 0.5], [0.0, 1.0]], dtype=np.float32))

@@ -22,21 +22,23 @@ class Splits:
         return self.train.class_names
 
 
-def default_data_dir(dataset):
-    """$SPML_TF_DATA/<dataset>, else ~/.cache/spml_tf/<dataset>."""
+def default_data_dir(dataset, observed_negatives=0):
+    """$SPML_TF_DATA/<dataset>, else ~/.cache/spml_tf/<dataset> (suffixed -neg<N> with observed negatives)."""
     root = os.environ.get("SPML_TF_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "spml_tf")
-    return os.path.join(root, dataset)
+    return os.path.join(root, dataset + (f"-neg{observed_negatives}" if observed_negatives else ""))
 
 
-def load(dataset, data_dir):
+def load(dataset, data_dir, observed_negatives=0):
     """The manifests of a dataset's three splits, building the embedded `digits` on first use."""
-    data_dir = data_dir or default_data_dir(dataset)
+    data_dir = data_dir or default_data_dir(dataset, observed_negatives)
     if dataset == "digits":
         from spml_tf.datasets import digits  # only the embedded dataset needs scikit-learn
 
-        digits.ensure(data_dir)
+        digits.ensure(data_dir, observed_negatives)
         hint = "Delete the directory to rebuild it."
     else:
+        if observed_negatives:
+            raise UsageError(f"--observed_negatives applies when {dataset} is converted, not when it is trained on")
         if not tf.io.gfile.isdir(data_dir):
             raise UsageError(
                 f"--data_dir={data_dir!r} does not exist. Convert {dataset} to TFRecords first "

@@ -65,13 +65,13 @@ def _examples(images, ids, full, observed):
         yield tf.io.encode_png(image).numpy(), image_id, full_row, observed_row
 
 
-def build(directory):
+def build(directory, observed_negatives=0):
     """Writes train, val and test splits into `directory` (replacing it atomically)."""
     rng = np.random.RandomState(SEED)
     (train_scans, train_targets), (test_scans, test_targets) = _scan_pools()
     train_images, train_full = make_mosaics(NUM_OFFICIAL_TRAIN, train_scans, train_targets, rng)
     test_images, test_full = make_mosaics(NUM_TEST, test_scans, test_targets, rng)
-    train_observed = labels.observe_single_positive(train_full)
+    train_observed = labels.observe_single_positive(train_full, num_negatives=observed_negatives)
     train_idx, val_idx = labels.train_val_split(NUM_OFFICIAL_TRAIN)
     train_ids = np.array([f"digits_train_{i:05d}" for i in range(NUM_OFFICIAL_TRAIN)])
     test_ids = [f"digits_test_{i:05d}" for i in range(NUM_TEST)]
@@ -90,18 +90,22 @@ def build(directory):
         examples=_examples(test_images, test_ids, test_full, test_full), shard_size_mb=SHARD_SIZE_MB,
     )
     with open(os.path.join(partial, "VERSION"), "w") as f:
-        f.write(str(VERSION))
+        f.write(_version(observed_negatives))
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
     os.replace(partial, directory)
 
 
-def ensure(directory):
+def _version(observed_negatives):
+    return f"{VERSION} observed_negatives={observed_negatives}"
+
+
+def ensure(directory, observed_negatives=0):
     """Builds the dataset into `directory` unless a complete build of this version is there."""
     version_file = os.path.join(directory, "VERSION")
     if os.path.exists(version_file):
         with open(version_file) as f:
-            if f.read().strip() == str(VERSION):
+            if f.read().strip() == _version(observed_negatives):
                 return
     print(f"Building the embedded digits dataset in {directory} (once) ...", flush=True)
-    build(directory)
+    build(directory, observed_negatives)
