@@ -49,13 +49,19 @@ def test_mosaics_are_deterministic_and_show_their_digits():
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
     images, label_matrix = first
-    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
-    # Each 16x16 quadrant is an upscaled scan of one of the image's classes.
+    side = 8 * digits.GRID * digits.SCALE
+    assert images.shape == (20, side, side, 3) and images.dtype == np.uint8
+    # Each cell is a (scaled) scan of one of the image's classes, and every class shows.
+    cell = 8 * digits.SCALE
     for image, row in zip(images, label_matrix):
-        for quadrant in (image[:16, :16, 0], image[:16, 16:, 0], image[16:, :16, 0], image[16:, 16:, 0]):
-            scan = quadrant[::2, ::2]
-            matches = [c for c in np.flatnonzero(row) if any((scans[targets == c] == scan).all(axis=(1, 2)))]
-            assert matches, "a quadrant shows a digit that is not among the image's labels"
+        shown = set()
+        for top in range(0, side, cell):
+            for left in range(0, side, cell):
+                scan = image[top : top + cell : digits.SCALE, left : left + cell : digits.SCALE, 0]
+                matches = [c for c in np.flatnonzero(row) if (scans[targets == c] == scan).all(axis=(1, 2)).any()]
+                assert matches, "a cell shows a digit that is not among the image's labels"
+                shown.update(matches)
+        assert shown == set(np.flatnonzero(row))
 
 
 def test_train_and_test_scans_are_disjoint():

@@ -2,22 +2,32 @@
 
 The NumPy statement works in probability space, in float64, with exact logs
 (no 1e-5 epsilon): it is the formula the log-sigmoid implementation computes.
+Labels: 1 annotated positive, 0 unannotated, -s an APL pseudo-negative with
+soft target s (0 <= s < 1), and -1 an annotated (observed) negative, which
+every loss treats as a known negative.
 """
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from spml_tf import config as config_lib
 from spml_tf import losses
 from spml_tf.label_bank import LabelBank
 
 ALPHA = 0.2
 BETA = 0.02
+LS_COEF = 0.1
+EXPECTED_NUM_POS = 1.5
 
 # name -> hyper-parameters passed to losses.get
 CASES = {
     "full": {},
     "an": {},
+    "an_ls": {"ls_coef": LS_COEF},
+    "wan": {},
+    "epr": {"expected_num_pos": EXPECTED_NUM_POS},
+    "role": {"expected_num_pos": EXPECTED_NUM_POS},
     "em": {"alpha": ALPHA},
     "em_apl": {"alpha": ALPHA, "beta": BETA},
 }
@@ -31,26 +41,56 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def numpy_entry_terms(name, labels, logits, alpha=0.0, beta=0.0):
-    """SPEC's per-entry loss matrix, one entry at a time.
+def numpy_entry_terms(name, labels, logits, alpha=0.0, beta=0.0, ls_coef=0.0, expected_num_pos=0.0):
+    """SPEC's per-entry loss matrix (B x C), one entry at a time; no regulariser.
 
     1 - p is computed as sigmoid(-x), which is the same number without the
     cancellation of 1 - sigmoid(x) at large logits (so +-100 stays exact).
+    For "role", `logits` is B x 2C: classifier logits, then estimator logits.
     """
     labels = np.asarray(labels, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
+    num_classes = labels.shape[1]
     terms = np.zeros(labels.shape)
     for i in range(labels.shape[0]):
-        for c in range(labels.shape[1]):
+        for c in range(num_classes):
             y = labels[i, c]
             p = sigmoid(logits[i, c])
             one_minus_p = sigmoid(-logits[i, c])
-            if y == 1.0:
-                # Annotated positive, the same in every loss.
+            if name == "role":
+                # Classifier p and label estimator q of the same entry.
+                q = sigmoid(logits[i, num_classes + c])
+                one_minus_q = sigmoid(-logits[i, num_classes + c])
+                if y == -1.0:
+                    # Annotated negative: a known negative for both sides.
+                    terms[i, c] = 0.5 * (-np.log(one_minus_p) - np.log(one_minus_q))
+                else:
+                    positive = -np.log(p) - np.log(q) if y == 1.0 else 0.0
+                    cross_p = -q * np.log(p) - one_minus_q * np.log(one_minus_p)
+                    cross_q = -p * np.log(q) - one_minus_p * np.log(one_minus_q)
+                    terms[i, c] = 0.5 * positive + 0.5 * (cross_p + cross_q)
+            elif name == "an_ls":
+                # Assume negative with targets 1 - e and e; -1 is smoothed like 0.
+                e = ls_coef
+                if y == 1.0:
+                    terms[i, c] = -(1.0 - e) * np.log(p) - e * np.log(one_minus_p)
+                else:
+                    terms[i, c] = -(1.0 - e) * np.log(one_minus_p) - e * np.log(p)
+            elif y == -1.0:
+                # Annotated negative: -log(1 - p) in every other loss, never a soft target 1.
+                terms[i, c] = -np.log(one_minus_p)
+            elif y == 1.0:
+                # Annotated positive, the same in every other loss.
                 terms[i, c] = -np.log(p)
             elif name in ("full", "an"):
                 # Anything that is not a positive is a negative.
                 terms[i, c] = -np.log(one_minus_p)
+            elif name == "wan":
+                # Unannotated: a negative down-weighted by 1 / (C - 1).
+                terms[i, c] = -np.log(one_minus_p) / (num_classes - 1)
+            elif name == "epr":
+                # Unannotated: no entry term, only the regulariser.
+                terms[i, c] = 0.0
             elif y == 0.0:
                 # Unannotated: minus alpha times the binary entropy.
                 entropy = -p * np.log(p) - one_minus_p * np.log(one_minus_p)
@@ -65,43 +105,125 @@ def numpy_entry_terms(name, labels, logits, alpha=0.0, beta=0.0):
     return terms
 
 
+def numpy_epr_penalty(logits, expected_num_pos):
+    """(mean over examples of sum over classes of p - k)^2 / C^2, with loops."""
+    logits = np.asarray(logits, dtype=np.float64)
+    num_examples, num_classes = logits.shape
+    total = 0.0
+    for i in range(num_examples):
+        for c in range(num_classes):
+            total += sigmoid(logits[i, c])
+    mean_positives = total / num_examples
+    return (mean_positives - expected_num_pos) ** 2 / num_classes**2
+
+
+def numpy_regularizer(name, labels, logits, expected_num_pos=0.0, **unused):
+    """The batch-level term added once to the scalar: EPR for epr, 0.5 (EPR(p) + EPR(q)) for role."""
+    logits = np.asarray(logits, dtype=np.float64)
+    num_classes = np.asarray(labels).shape[1]
+    if name == "epr":
+        return numpy_epr_penalty(logits, expected_num_pos)
+    if name == "role":
+        return 0.5 * (numpy_epr_penalty(logits[:, :num_classes], expected_num_pos)
+                      + numpy_epr_penalty(logits[:, num_classes:], expected_num_pos))
+    return 0.0
+
+
 def numpy_loss(name, labels, logits, **hp):
-    """The scalar the original optimises: sum of the entry matrix / (B * C)."""
+    """The scalar the original optimises: sum of the entry matrix / (B * C), plus the regulariser."""
     terms = numpy_entry_terms(name, labels, logits, **hp)
-    return terms.sum() / terms.size
+    return terms.sum() / terms.size + numpy_regularizer(name, labels, logits, **hp)
 
 
-def numpy_gradient(name, labels, logits, alpha=0.0, beta=0.0):
-    """d(loss)/d(logits) by hand.
+def numpy_role_side_objective(labels, own_logits, other_logits, expected_num_pos):
+    """What one side of ROLE descends, the other side's probabilities held fixed.
+
+    0.5 pos(own) + 0.5 BCE(own; target sigmoid(other)) per entry, 0.5 (-log(1 - own))
+    at annotated negatives, summed / (B * C), plus 0.5 EPR(own). Its gradient w.r.t.
+    `own_logits` is ROLE's gradient with the stop_gradient targets; the ROLE value is
+    side(p, q) + side(q, p).
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    own_logits = np.asarray(own_logits, dtype=np.float64)
+    other_logits = np.asarray(other_logits, dtype=np.float64)
+    total = 0.0
+    for i in range(labels.shape[0]):
+        for c in range(labels.shape[1]):
+            y = labels[i, c]
+            own = sigmoid(own_logits[i, c])
+            own_complement = sigmoid(-own_logits[i, c])
+            target = sigmoid(other_logits[i, c])  # a constant here
+            if y == -1.0:
+                total += 0.5 * -np.log(own_complement)
+                continue
+            if y == 1.0:
+                total += 0.5 * -np.log(own)
+            total += 0.5 * (-target * np.log(own) - (1.0 - target) * np.log(own_complement))
+    return total / labels.size + 0.5 * numpy_epr_penalty(own_logits, expected_num_pos)
+
+
+def numpy_gradient(name, labels, logits, alpha=0.0, beta=0.0, ls_coef=0.0, expected_num_pos=0.0):
+    """d(loss)/d(logits) by hand (for role: with ROLE's stop_gradient targets).
 
     With x the logit: d(-log p)/dx = p - 1, d(-log(1-p))/dx = p,
-    dH/dx = -x p (1 - p), so d(-alpha H)/dx = alpha x p (1 - p), and
-    d(beta BCE(p; s))/dx = beta (p - s). Every entry is divided by B * C.
+    dH/dx = -x p (1 - p), so d(-alpha H)/dx = alpha x p (1 - p),
+    d(BCE(p; t))/dx = p - t for a constant target t. Entry terms are divided by
+    B * C; d EPR/dx_ic = 2 (mean_j sum_c p_jc - k) / C^2 * p_ic (1 - p_ic) / B.
     """
     labels = np.asarray(labels, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
-    grad = np.zeros(labels.shape)
-    for i in range(labels.shape[0]):
-        for c in range(labels.shape[1]):
+    num_examples, num_classes = labels.shape
+    grad = np.zeros(logits.shape)
+    for i in range(num_examples):
+        for c in range(num_classes):
             y = labels[i, c]
             x = logits[i, c]
             p = sigmoid(x)
             one_minus_p = sigmoid(-x)
-            if y == 1.0:
+            if name == "role":
+                q = sigmoid(logits[i, num_classes + c])
+                if y == -1.0:
+                    grad[i, c] = 0.5 * p
+                    grad[i, num_classes + c] = 0.5 * q
+                else:
+                    positive = 1.0 if y == 1.0 else 0.0
+                    grad[i, c] = 0.5 * positive * (p - 1.0) + 0.5 * (p - q)
+                    grad[i, num_classes + c] = 0.5 * positive * (q - 1.0) + 0.5 * (q - p)
+            elif name == "an_ls":
+                grad[i, c] = p - (1.0 - ls_coef) if y == 1.0 else p - ls_coef
+            elif y == -1.0:
+                grad[i, c] = p
+            elif y == 1.0:
                 grad[i, c] = -one_minus_p
             elif name in ("full", "an"):
                 grad[i, c] = p
+            elif name == "wan":
+                grad[i, c] = p / (num_classes - 1)
+            elif name == "epr":
+                grad[i, c] = 0.0
             elif y == 0.0:
                 grad[i, c] = alpha * x * p * one_minus_p
             elif name == "em":
                 grad[i, c] = 0.0
             else:
                 grad[i, c] = beta * (p - (-y))
-    return grad / labels.size
+    grad /= labels.size
+
+    # The regulariser: EPR on the classifier (epr), half EPR on each side (role).
+    sides = {"epr": [(0, 1.0)], "role": [(0, 0.5), (num_classes, 0.5)]}.get(name, [])
+    for start, weight in sides:
+        block = logits[:, start:start + num_classes]
+        mean_positives = sigmoid(block).sum() / num_examples
+        factor = weight * 2.0 * (mean_positives - expected_num_pos) / num_classes**2 / num_examples
+        for i in range(num_examples):
+            for c in range(num_classes):
+                x = block[i, c]
+                grad[i, start + c] += factor * sigmoid(x) * sigmoid(-x)
+    return grad
 
 
-def finite_difference_gradient(name, labels, logits, h=1e-5, **hp):
-    """Float64 central finite difference of numpy_loss, one logit at a time."""
+def central_difference(function, logits, h=1e-5):
+    """Float64 central finite difference of a scalar function of a logit matrix."""
     logits = np.asarray(logits, dtype=np.float64)
     grad = np.zeros(logits.shape)
     for index in np.ndindex(logits.shape):
@@ -109,27 +231,57 @@ def finite_difference_gradient(name, labels, logits, h=1e-5, **hp):
         down = logits.copy()
         up[index] += h
         down[index] -= h
-        grad[index] = (numpy_loss(name, labels, up, **hp) - numpy_loss(name, labels, down, **hp)) / (2 * h)
+        grad[index] = (function(up) - function(down)) / (2 * h)
     return grad
+
+
+def finite_difference_gradient(name, labels, logits, h=1e-5, **hp):
+    """Float64 central finite difference of numpy_loss, one logit at a time.
+
+    For role, of each side's objective with the other side held constant:
+    that is what the stop_gradient targets make the gradient.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if name != "role":
+        return central_difference(lambda z: numpy_loss(name, labels, z, **hp), logits, h)
+    num_classes = np.asarray(labels).shape[1]
+    p_logits, q_logits = logits[:, :num_classes], logits[:, num_classes:]
+    k = hp["expected_num_pos"]
+    grad_p = central_difference(lambda z: numpy_role_side_objective(labels, z, q_logits, k), p_logits, h)
+    grad_q = central_difference(lambda z: numpy_role_side_objective(labels, z, p_logits, k), q_logits, h)
+    return np.concatenate([grad_p, grad_q], axis=1)
 
 
 # --- Test data -----------------------------------------------------------------------
 
 
 def random_batch(name, seed, batch=6, classes=5):
-    """Float32 (labels, logits): one positive per row, logits in [-9, 9], some -s for em/em_apl."""
+    """Float32 (labels, logits): one positive per row, logits in [-9, 9].
+
+    full: 0/1 labels. Others: also annotated negatives -1; em and em_apl also
+    soft pseudo-negatives -s. role: logits are B x 2C (classifier | estimator).
+    """
     rng = np.random.default_rng(seed)
-    logits = rng.uniform(-9.0, 9.0, size=(batch, classes)).astype(np.float32)
+    width = 2 * classes if name == "role" else classes
+    logits = rng.uniform(-9.0, 9.0, size=(batch, width)).astype(np.float32)
     if name == "full":
         labels = (rng.random((batch, classes)) < 0.4).astype(np.float32)
         labels[np.arange(batch), rng.integers(0, classes, batch)] = 1.0
         return labels, logits
     labels = np.zeros((batch, classes), dtype=np.float32)
-    labels[np.arange(batch), rng.integers(0, classes, batch)] = 1.0
-    # Soft pseudo-negatives -s, s in [0.01, 0.99); -0.0 would read as unannotated.
-    pseudo = (rng.random((batch, classes)) < 0.35) & (labels == 0.0)
-    labels[pseudo] = -rng.uniform(0.01, 0.99, size=pseudo.sum()).astype(np.float32)
-    assert (labels == 0.0).any() and (labels < 0.0).any()
+    positive = rng.integers(0, classes, batch)
+    labels[np.arange(batch), positive] = 1.0
+    # Annotated negatives -1, at least one.
+    observed_negative = (rng.random((batch, classes)) < 0.25) & (labels == 0.0)
+    observed_negative[0, (positive[0] + 1) % classes] = True
+    labels[observed_negative] = -1.0
+    if name in ("em", "em_apl"):
+        # Soft pseudo-negatives -s, s in [0.01, 0.99); -0.0 would read as unannotated.
+        pseudo = (rng.random((batch, classes)) < 0.35) & (labels == 0.0)
+        pseudo[1, (positive[1] + 1) % classes] = True
+        labels[pseudo] = -rng.uniform(0.01, 0.99, size=pseudo.sum()).astype(np.float32)
+        assert ((labels < 0.0) & (labels > -1.0)).any()
+    assert (labels == 0.0).any() and (labels == -1.0).any()
     return labels, logits
 
 
@@ -158,12 +310,13 @@ def test_value_matches_numpy_statement(name, seed):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_call_returns_one_value_per_example(name):
-    """loss.call gives shape [B], each the mean over classes of that example's entries."""
+    """loss.call gives shape [B]: the mean over classes of that example's entries, plus the regulariser."""
     labels, logits = random_batch(name, seed=3, batch=7, classes=4)
     loss = losses.get(name, **CASES[name])
     per_example = loss.call(tf.constant(labels), tf.constant(logits))
     assert per_example.shape == (7,)
     expected = numpy_entry_terms(name, labels, logits, **CASES[name]).mean(axis=1)
+    expected += numpy_regularizer(name, labels, logits, **CASES[name])  # batch-level, on every example
     np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
@@ -217,11 +370,12 @@ def test_em_ignores_pseudo_negatives():
     assert value == 0.0
     np.testing.assert_array_equal(grad, np.zeros_like(grad))
 
-    # Mixed with other labels: the -s entries still have exactly 0 gradient.
+    # Mixed with other labels: the -s entries still have exactly 0 gradient; -1 is not a -s.
     labels, logits = random_batch("em", seed=6)
     _, grad = tf_value_and_gradient(losses.get("em", alpha=ALPHA), labels, logits)
-    assert np.all(grad[labels < 0.0] == 0.0)
-    assert np.all(grad[labels >= 0.0] != 0.0)
+    pseudo = (labels < 0.0) & (labels > -1.0)
+    assert np.all(grad[pseudo] == 0.0)
+    assert np.all(grad[~pseudo] != 0.0)
 
 
 def test_em_apl_pseudo_negative_gradient_is_beta_p_minus_s():
@@ -241,9 +395,16 @@ def test_extreme_logits_give_finite_values_and_gradients(name):
     """At logits +-100 every label kind gives a finite value and gradient, equal to the exact formula."""
     if name == "full":
         labels = np.array([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=np.float32)
+    elif name in ("em", "em_apl"):
+        labels = np.array([[1, 1, 0, 0, -0.3, -0.3, -1, -1], [0, -0.7, 1, 0, -0.7, 1, -1, -1]], dtype=np.float32)
     else:
-        labels = np.array([[1, 1, 0, 0, -0.3, -0.3], [0, -0.7, 1, 0, -0.7, 1]], dtype=np.float32)
-    logits = np.where(np.indices(labels.shape).sum(axis=0) % 2 == 0, 100.0, -100.0).astype(np.float32)
+        labels = np.array([[1, 1, 0, 0, -1, -1], [0, -1, 1, 0, -1, 1]], dtype=np.float32)
+    width = 2 * labels.shape[1] if name == "role" else labels.shape[1]
+    # +-100 in a checkerboard: both signs at every label kind (and on both sides of role).
+    sign = np.where(np.indices((2, width)).sum(axis=0) % 2 == 0, 1.0, -1.0)
+    logits = (100.0 * sign).astype(np.float32)
+    if name == "role":
+        logits[:, labels.shape[1]:] *= np.array([[1.0], [-1.0]], dtype=np.float32)  # p and q disagree in row 1
     value, grad = tf_value_and_gradient(losses.get(name, **CASES[name]), labels, logits)
     assert np.isfinite(value)
     assert np.all(np.isfinite(grad))
