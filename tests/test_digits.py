@@ -70,3 +70,17 @@ def test_train_and_test_scans_are_disjoint():
     train_set = {scan.tobytes() for scan in train_scans}
     shared = sum(scan.tobytes() in train_set for scan in test_scans)
     assert shared <= 5  # the 1,797 scans hold a few exact duplicates; different scans otherwise
+
+
+def test_observed_negatives_are_kept_in_their_own_cache(tmp_path, monkeypatch):
+    """--observed_negatives=N marks N true negatives per training image as -1, in a separate directory."""
+    monkeypatch.setenv("SPML_TF_DATA", str(tmp_path))
+    monkeypatch.setattr(digits, "NUM_OFFICIAL_TRAIN", 50)
+    monkeypatch.setattr(digits, "NUM_TEST", 10)
+    splits = datasets.load("digits", "", observed_negatives=2)
+    assert splits.train.directory.startswith(str(tmp_path / "digits-neg2"))
+    train = pipeline.read_labels(splits.train)
+    np.testing.assert_array_equal((train.observed == -1).sum(axis=1), 2)
+    assert (train.full[train.observed == -1] == 0).all()
+    full, observed, _ = _official_train(splits)
+    np.testing.assert_array_equal(observed, labels.observe_single_positive(full, num_negatives=2))

@@ -419,6 +419,134 @@ def test_extreme_logit_wrong_side_costs_its_magnitude():
     np.testing.assert_allclose(float(losses.get("an")(labels, logits)), 100.0, rtol=1e-6)
 
 
+# --- Annotated negatives (-1) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [name for name in CASES if name != "full"])
+def test_annotated_negatives_are_known_negatives(name):
+    """All -1 labels: -log(1-p) per entry (an_ls smoothed, role half on each side), plus any regulariser."""
+    logits = np.array([[-3.0, 0.0, 2.5, 8.0], [1.0, -7.0, 0.5, -0.5]], dtype=np.float32)
+    if name == "role":
+        logits = np.concatenate([logits, 0.5 * logits[:, ::-1]], axis=1)
+    labels = -np.ones((2, 4), dtype=np.float32)
+    x = logits.astype(np.float64)
+    if name == "an_ls":
+        entries = -(1.0 - LS_COEF) * np.log(sigmoid(-x)) - LS_COEF * np.log(sigmoid(x))
+    elif name == "role":
+        entries = 0.5 * (-np.log(sigmoid(-x[:, :4])) - np.log(sigmoid(-x[:, 4:])))
+    else:
+        entries = -np.log(sigmoid(-x))
+    expected = entries.mean() + numpy_regularizer(name, labels, logits, **CASES[name])
+    value, grad = tf_value_and_gradient(losses.get(name, **CASES[name]), labels, logits)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad, numpy_gradient(name, labels, logits, **CASES[name]), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["em", "em_apl"])
+def test_em_losses_do_not_read_minus_one_as_a_soft_target(name):
+    """-1 costs -log(1-p) at full weight (gradient p / (B C)); -0.999 is still a pseudo-negative -s."""
+    logits = np.array([[-2.0, 0.0, 3.0]], dtype=np.float32)
+    p = sigmoid(logits)
+    loss = losses.get(name, **CASES[name])
+    minus_one = -np.ones_like(logits)
+    value, grad = tf_value_and_gradient(loss, minus_one, logits)
+    np.testing.assert_allclose(value, np.mean(-np.log(1.0 - p)), rtol=1e-5)
+    np.testing.assert_allclose(grad, p / logits.size, rtol=1e-5)  # pushed towards p = 0, never towards 1
+
+    almost = np.full_like(logits, -0.999)
+    s = np.float64(np.float32(0.999))
+    soft = BETA * (-s * np.log(p) - (1.0 - s) * np.log(1.0 - p)) if name == "em_apl" else 0.0 * p
+    np.testing.assert_allclose(float(loss(almost, logits)), np.mean(soft), rtol=1e-5, atol=1e-12)
+
+
+# --- wan, epr and role ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_wan_divides_unannotated_terms_by_num_classes_minus_one(classes):
+    """wan is AN with each unannotated (0) term divided by C - 1; positives and -1 keep full weight."""
+    rng = np.random.default_rng(classes)
+    logits = rng.uniform(-4.0, 4.0, size=(3, classes)).astype(np.float32)
+    labels = np.zeros((3, classes), dtype=np.float32)
+    labels[:, 0] = 1.0
+    labels[2, 1] = -1.0
+    x = logits.astype(np.float64)
+    an_terms = np.where(labels == 1.0, -np.log(sigmoid(x)), -np.log(sigmoid(-x)))
+    weights = np.where(labels == 0.0, 1.0 / (classes - 1), 1.0)
+    wan = losses.get("wan")
+    np.testing.assert_allclose(float(wan(labels, logits)), (an_terms * weights).sum() / labels.size, rtol=1e-5)
+
+    unannotated = np.zeros_like(labels)
+    np.testing.assert_allclose(
+        float(wan(unannotated, logits)), float(losses.get("an")(unannotated, logits)) / (classes - 1), rtol=1e-5
+    )
+
+
+def test_epr_regularizer_uses_the_batch_mean_of_per_example_sums():
+    """No positives: epr = (mean_i sum_c p_ic - k)^2 / C^2, carried by every example, batch-level."""
+    logits = np.array([[30.0] * 4, [-30.0] * 4], dtype=np.float32)  # sum_c p: 4 and 0, batch mean 2
+    labels = np.zeros_like(logits)
+    loss = losses.get("epr", expected_num_pos=1.5)
+    expected = (2.0 - 1.5) ** 2 / 4**2
+    np.testing.assert_allclose(float(loss(labels, logits)), expected, rtol=1e-6)
+    np.testing.assert_allclose(loss.call(tf.constant(labels), tf.constant(logits)).numpy(), [expected] * 2, rtol=1e-6)
+    # Not the mean of per-example penalties ((4 - k)^2 + (0 - k)^2) / 2 / C^2 = 0.2656...
+    assert abs(float(loss(labels, logits)) - ((4 - 1.5) ** 2 + 1.5**2) / 2 / 16) > 0.1
+    # A one-example batch has its own penalty; with k equal to the batch mean there is none.
+    np.testing.assert_allclose(float(loss(labels[:1], logits[:1])), (4.0 - 1.5) ** 2 / 16, rtol=1e-6)
+    assert abs(float(losses.get("epr", expected_num_pos=2.0)(labels, logits))) < 1e-10
+
+    # Random logits: value minus the positive terms is the penalty of the batch mean of row sums.
+    labels, logits = random_batch("epr", seed=12)
+    p = sigmoid(logits)
+    positives = np.where(labels == 1.0, -np.log(p), np.where(labels == -1.0, -np.log(1.0 - p), 0.0)).mean()
+    penalty = (p.sum(axis=1).mean() - EXPECTED_NUM_POS) ** 2 / labels.shape[1] ** 2
+    value = float(losses.get("epr", expected_num_pos=EXPECTED_NUM_POS)(labels, logits))
+    np.testing.assert_allclose(value, positives + penalty, rtol=1e-5)
+
+
+def test_role_value_matches_spec_formula():
+    """ROLE = mean(0.5 (pos(p) + pos(q)) + 0.5 (BCE(p; q) + BCE(q; p))) + 0.5 (EPR(p) + EPR(q)), SPEC's line."""
+    rng = np.random.default_rng(13)
+    labels = np.zeros((5, 4), dtype=np.float32)
+    labels[np.arange(5), rng.integers(0, 4, 5)] = 1.0
+    logits = rng.uniform(-9.0, 9.0, size=(5, 8)).astype(np.float32)
+    p, q = sigmoid(logits[:, :4]), sigmoid(logits[:, 4:])
+    observed = labels == 1.0
+    pos_p, pos_q = np.where(observed, -np.log(p), 0.0), np.where(observed, -np.log(q), 0.0)
+    bce_p = -q * np.log(p) - (1.0 - q) * np.log(1.0 - p)
+    bce_q = -p * np.log(q) - (1.0 - p) * np.log(1.0 - q)
+    epr_p = (p.sum(axis=1).mean() - 2.0) ** 2 / 16
+    epr_q = (q.sum(axis=1).mean() - 2.0) ** 2 / 16
+    expected = (0.5 * (pos_p + pos_q) + 0.5 * (bce_p + bce_q)).mean() + 0.5 * (epr_p + epr_q)
+    value = float(losses.get("role", expected_num_pos=2.0)(labels, logits))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(numpy_loss("role", labels, logits, expected_num_pos=2.0), expected, rtol=1e-12)
+    # The statement's split into two sides adds up to the same value, also with -1 labels.
+    labels, logits = random_batch("role", seed=14)
+    sides = (numpy_role_side_objective(labels, logits[:, :5], logits[:, 5:], EXPECTED_NUM_POS)
+             + numpy_role_side_objective(labels, logits[:, 5:], logits[:, :5], EXPECTED_NUM_POS))
+    np.testing.assert_allclose(sides, numpy_loss("role", labels, logits, **CASES["role"]), rtol=1e-12)
+
+
+def test_role_gradients_hold_the_other_side_constant():
+    """d/dp is that of 0.5 pos(p) + 0.5 BCE(p; q fixed) + 0.5 EPR(p) alone, and symmetrically for q."""
+    labels, logits = random_batch("role", seed=10)
+    classes = labels.shape[1]
+    _, grad = tf_value_and_gradient(losses.get("role", **CASES["role"]), labels, logits)
+    p_logits = logits[:, :classes].astype(np.float64)
+    q_logits = logits[:, classes:].astype(np.float64)
+    classifier = central_difference(
+        lambda z: numpy_role_side_objective(labels, z, q_logits, EXPECTED_NUM_POS), p_logits)
+    estimator = central_difference(
+        lambda z: numpy_role_side_objective(labels, z, p_logits, EXPECTED_NUM_POS), q_logits)
+    np.testing.assert_allclose(grad[:, :classes], classifier, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(grad[:, classes:], estimator, rtol=1e-4, atol=1e-8)
+    # The check can tell: the derivative of the value through both sides is far from it.
+    through_both = central_difference(lambda z: numpy_loss("role", labels, z, **CASES["role"]), logits)
+    assert np.abs(through_both - grad).max() > 0.3 * np.abs(grad).max()
+
+
 # --- Factory -------------------------------------------------------------------------
 
 
@@ -441,6 +569,10 @@ def test_get_em_apl_with_voc_hyperparameters():
     [
         ("full", losses.FullLabels),
         ("an", losses.AssumeNegative),
+        ("an_ls", losses.LabelSmoothing),
+        ("wan", losses.WeakAssumeNegative),
+        ("epr", losses.ExpectedPositiveRegularization),
+        ("role", losses.RegularizedOnlineLabelEstimation),
         ("em", losses.EntropyMaximization),
         ("em_apl", losses.EntropyMaximizationAPL),
     ],
@@ -459,6 +591,56 @@ def test_get_config_round_trip():
     assert (rebuilt.alpha, rebuilt.beta, rebuilt.name) == (0.1, 0.9, "em_apl")
 
 
+def test_get_an_ls_defaults_to_spec_smoothing():
+    """get("an_ls") smooths with e = 0.1 (SPEC's table)."""
+    assert losses.get("an_ls").ls_coef == 0.1
+
+
+@pytest.mark.parametrize(
+    "name, hyperparameters",
+    [("an_ls", {"ls_coef": 0.25}), ("epr", {"expected_num_pos": 2.9}), ("role", {"expected_num_pos": 31.4})],
+)
+def test_get_passes_and_round_trips_hyperparameters(name, hyperparameters):
+    """get(name, **hp) carries hp, uses it in the value, and survives get_config / from_config."""
+    loss = losses.get(name, **hyperparameters)
+    (key, wanted), = hyperparameters.items()
+    assert getattr(loss, key) == wanted and loss.get_config()[key] == wanted
+    rebuilt = type(loss).from_config(loss.get_config())
+    assert getattr(rebuilt, key) == wanted and rebuilt.name == name
+    labels, logits = random_batch(name, seed=15)
+    expected = numpy_loss(name, labels, logits, **hyperparameters)
+    np.testing.assert_allclose(float(loss(labels, logits)), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(rebuilt(labels, logits)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("an_ls", {"ls_coef": 0.25}), ("epr", {"expected_num_pos": 2.5}), ("role", {"expected_num_pos": 2.5})],
+)
+def test_from_config_passes_hyperparameters_of_the_config(name, overrides):
+    """losses.from_config reads ls_coef / expected_num_pos from the Config (not the defaults or the preset)."""
+    config = config_lib.from_overrides("digits", loss=name, **overrides)
+    loss = losses.from_config(config)
+    assert type(loss) is type(losses.get(name, **overrides)) and loss.name == name
+    (key, wanted), = overrides.items()
+    assert getattr(loss, key) == wanted
+    labels, logits = random_batch(name, seed=16)
+    np.testing.assert_allclose(float(loss(labels, logits)), numpy_loss(name, labels, logits, **overrides), rtol=1e-5)
+
+
+def test_from_config_uses_the_preset_expected_num_pos():
+    """Without an override, k is the preset's: VOC 1.5, COCO 2.9 (SPEC section 2)."""
+    assert losses.from_config(config_lib.from_overrides("voc", loss="epr")).expected_num_pos == 1.5
+    assert losses.from_config(config_lib.from_overrides("coco", loss="role")).expected_num_pos == 2.9
+
+
+@pytest.mark.parametrize("name", list(config_lib.LOSSES))
+def test_from_config_builds_every_configurable_loss(name):
+    """Every --loss value of the Config gives the registered class under that name."""
+    loss = losses.from_config(config_lib.from_overrides("digits", loss=name))
+    assert type(loss) is type(losses.get(name, **CASES[name])) and loss.name == name
+
+
 @pytest.mark.parametrize("name", ["EM", "bce", "role_", ""])
 def test_get_unknown_name_raises_value_error(name):
     """An unregistered name raises ValueError naming it."""
@@ -469,7 +651,7 @@ def test_get_unknown_name_raises_value_error(name):
 # --- LabelBankLoss -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["an", "em", "em_apl"])
+@pytest.mark.parametrize("name", ["an", "an_ls", "wan", "epr", "role", "em", "em_apl"])
 @pytest.mark.parametrize("index_shape", ["flat", "column"])
 def test_label_bank_loss_gathers_labels_by_index(name, index_shape):
     """LabelBankLoss with float example indices as y_true equals the inner loss on the gathered rows."""

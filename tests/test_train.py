@@ -51,3 +51,49 @@ def test_patience_zero_stops_at_first_non_improvement(tiny_digits_dir, tmp_path)
     assert all(later > earlier for earlier, later in zip(maps[:-2], maps[1:-1]))
     assert len(maps) == 6 or maps[-1] <= max(maps[:-1])
     assert results["apl_rounds"] == []
+
+
+def test_clean_train_set_variant_trains_on_full_labels(tiny_digits_dir, tmp_path):
+    """--train_set_variant=clean puts the full labels in the bank: `an` then is the `full` oracle."""
+    config = _config(tiny_digits_dir, str(tmp_path), loss="an", epochs=1, train_set_variant="clean")
+    train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    full = pipeline.read_labels(datasets.load("digits", tiny_digits_dir).train).full
+    np.testing.assert_array_equal(np.load(tmp_path / "label_bank.npy"), full)
+
+
+def test_observed_val_set_variant_selects_on_single_positive_labels(tiny_digits_dir, tmp_path, monkeypatch):
+    """--val_set_variant=observed scores validation against the single-positive val labels."""
+    from spml_tf import evaluation
+
+    seen = []
+    original = evaluation.ValidationMAP.__init__
+
+    def spy(self, classifier, dataset, order, labels):
+        seen.append(labels)
+        original(self, classifier, dataset, order, labels)
+
+    monkeypatch.setattr(evaluation.ValidationMAP, "__init__", spy)
+    config = _config(tiny_digits_dir, str(tmp_path), loss="em", epochs=1, val_set_variant="observed")
+    results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    val = pipeline.read_labels(datasets.load("digits", tiny_digits_dir).val)
+    np.testing.assert_array_equal(seen[0], val.observed)
+    assert not np.array_equal(val.observed, val.full)
+    # The reported val metrics stay against full labels.
+    assert results["history"][0]["val_map"] != pytest.approx(results["val"]["map"], abs=1e-9)
+
+
+def test_role_trains_inside_fit_and_saves_the_plain_classifier(tiny_digits_dir, tmp_path):
+    import keras
+
+    config = _config(tiny_digits_dir, str(tmp_path), loss="role", epochs=2)
+    results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    assert len(results["history"]) == 2 and 0 < results["test"]["map"] <= 100
+    classifier = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert classifier.output_shape == (None, 10)  # the estimator is for training only
+
+
+@pytest.mark.parametrize("loss", ["an_ls", "wan", "epr"])
+def test_baselines_train(tiny_digits_dir, tmp_path, loss):
+    config = _config(tiny_digits_dir, str(tmp_path), loss=loss, epochs=1)
+    results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    assert np.isfinite(results["history"][0]["loss"]) and 0 < results["test"]["map"] <= 100
