@@ -58,8 +58,8 @@ def build_model(config, num_classes):
     return keras.Model(inputs, logits, name=f"{config.backbone}_spml")
 
 
-# ROLE's label estimator: logit(0.995) at annotated positives, uniform in
-# +-logit(0.6) elsewhere (Cole et al.).
+# ROLE's label estimator: logit(0.995) at annotated positives, logit(0.005) at
+# annotated negatives, uniform in +-logit(0.6) elsewhere (Cole et al.).
 _ESTIMATOR_POSITIVE_LOGIT = float(np.log(0.995 / 0.005))
 _ESTIMATOR_INIT_RANGE = float(np.log(0.6 / 0.4))
 
@@ -90,6 +90,7 @@ def initial_estimator_logits(observed, seed):
     """SPEC's initialisation of ROLE's label estimator from the observed label matrix."""
     rng = np.random.RandomState(seed)
     logits = rng.uniform(-_ESTIMATOR_INIT_RANGE, _ESTIMATOR_INIT_RANGE, size=observed.shape)
+    logits = np.where(observed == -1, -_ESTIMATOR_POSITIVE_LOGIT, logits)
     return np.where(observed == 1, _ESTIMATOR_POSITIVE_LOGIT, logits).astype(np.float32)
 
 
