@@ -36,6 +36,9 @@ flags.DEFINE_boolean("random_flip", None, "Random horizontal flip when training.
 flags.DEFINE_integer("seed", None, "Seed of weight initialisation and shuffling.")
 flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement before stopping (paper: 0).")
 
+flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
+flags.DEFINE_float("serving_threshold", 0.75, "Exported model: probability from which a class is in `labels`.")
+
 # Flags whose value becomes the Config field of the same name.
 CONFIG_FLAGS = (
     "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",

@@ -27,9 +27,15 @@ def main(argv):
         sys.exit(2)
     try:
         config = flags.config_from_flags()
-        from spml_tf import train  # imports TensorFlow: after the flags are known to be good
+        if not 0 < flags.FLAGS.serving_threshold < 1:
+            raise UsageError(f"--serving_threshold={flags.FLAGS.serving_threshold} must be in (0, 1)")
+        from spml_tf import export, train  # import TensorFlow: after the flags are known to be good
 
-        train.train_and_evaluate(config)
+        results = train.train_and_evaluate(config)
+        if flags.FLAGS.export_dir:
+            version_dir = export.export_run(results["config"]["model_dir"], flags.FLAGS.export_dir,
+                                            flags.FLAGS.serving_threshold)
+            print(f"Exported the SavedModel for TF Serving to {version_dir}")
     except (UsageError, DataError) as error:
         print(f"train_main.py: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

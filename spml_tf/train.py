@@ -104,7 +104,9 @@ def train_and_evaluate(config, log=print, verbose=1):
         "val": metrics.evaluate(val_labels.full, val_probs, config.threshold),
         "test": metrics.evaluate(test_labels.full, test_probs, config.threshold),
     }
-    model.save(os.path.join(model_dir, MODEL_FILE))
+    # Saved uncompiled: the training loss reads a label bank that a user of the
+    # model does not have, and `keras.saving.load_model` must just work.
+    keras.Model(model.input, model.output, name=model.name).save(os.path.join(model_dir, MODEL_FILE))
     np.save(os.path.join(model_dir, LABEL_BANK), bank.numpy())  # the final labels, pseudo-negatives included
     _write_json(os.path.join(model_dir, RESULTS), results)
     log(format_results(results))

@@ -34,6 +34,7 @@ def _error_lines(stderr):
     (["--no_such_flag=1"], "no_such_flag"),
     (["--weights=/no/such/file.h5", "--dataset=voc"], "neither 'imagenet', 'none' nor a file"),
     (["stray_argument"], "unexpected arguments"),
+    (["--serving_threshold=1.5"], "--serving_threshold=1.5 must be in (0, 1)"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, expected):
     result = run(*args)
@@ -61,8 +62,9 @@ def test_unconverted_split_is_a_data_error(tmp_path):
 @pytest.mark.slow
 def test_trains_from_the_command_line(tiny_digits_dir, tmp_path):
     result = run(f"--data_dir={tiny_digits_dir}", f"--model_dir={tmp_path}", "--epochs=2", "--warmup_epochs=1",
-                 "--patience=5")
+                 "--patience=5", f"--export_dir={tmp_path / 'serving'}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "serving" / "1" / "saved_model.pb")
     assert "APL +" in result.stdout and "val mAP" in result.stdout and "Best epoch" in result.stdout
     results = json.load(open(tmp_path / "results.json"))
     assert results["config"]["loss"] == "em_apl" and results["config"]["epochs"] == 2

@@ -1,0 +1,126 @@
+"""SavedModel export for TF Serving: `python -m spml_tf.export --model_dir=RUN --export_dir=DIR`.
+
+Writes DIR/<next integer version>/ with three signatures:
+  serving_default  image_bytes: string [batch] (JPEG/PNG/GIF/BMP, any size), decoded,
+                   resized and normalised inside the graph exactly as in evaluation
+                   -> probabilities: float32 [batch, C] (sigmoid)
+                      labels: string [batch, C], the classes whose probability
+                              >= threshold, most probable first, padded with ""
+  serve_images     images: float32 [batch, S, S, 3] in [0, 255] -> the same outputs
+  metadata         -> class_names: string [C], threshold: float32 [], image_size: int32 []
+The class names and threshold live inside the SavedModel: serving needs
+TensorFlow only, not this package.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+from spml_tf.errors import DataError, UsageError
+
+DEFAULT_THRESHOLD = 0.75  # the authors' recommendation for EM-trained models
+
+
+def next_version_dir(export_base):
+    """export_base/<1 + the largest integer version already there> (TF Serving's layout)."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(export_base)
+    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_base) if name.rstrip("/").isdigit()]
+    return os.path.join(export_base, str(max(versions, default=0) + 1))
+
+
+def export_saved_model(model, class_names, image_size, export_base, threshold=DEFAULT_THRESHOLD):
+    """Exports `model` (images in [0, 255] -> logits) for TF Serving; returns the version directory."""
+    import keras
+    import tensorflow as tf
+
+    from spml_tf import pipeline
+
+    if not 0.0 < threshold < 1.0:
+        raise UsageError(f"--serving_threshold={threshold} must be in (0, 1)")
+    names = tf.constant(list(class_names), dtype=tf.string)
+    if model.output_shape[-1] != len(class_names):
+        raise UsageError(f"the model has {model.output_shape[-1]} outputs for {len(class_names)} class names")
+
+    def outputs(images):
+        probabilities = tf.sigmoid(tf.cast(model(images, training=False), tf.float32))
+        order = tf.argsort(probabilities, axis=-1, direction="DESCENDING", stable=True)
+        sorted_probabilities = tf.gather(probabilities, order, batch_dims=1)
+        labels = tf.where(sorted_probabilities >= threshold, tf.gather(names, order), "")
+        return {"probabilities": probabilities, "labels": labels}
+
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(
+            lambda encoded: pipeline.decode_and_resize(encoded, image_size), image_bytes,
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        )
+        return outputs(images)
+
+    def serve_images(images):
+        return outputs(images)
+
+    def metadata():
+        return {"class_names": names, "threshold": tf.constant(threshold, tf.float32),
+                "image_size": tf.constant(image_size, tf.int32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint("serve_images", serve_images,
+                         input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
+    archive.add_endpoint("metadata", metadata, input_signature=[])
+    version_dir = next_version_dir(export_base)
+    archive.write_out(version_dir, verbose=False)
+    return version_dir
+
+
+def export_run(model_dir, export_base, threshold=DEFAULT_THRESHOLD):
+    """Exports the model of a finished training run (its model.keras and results.json)."""
+    import keras
+
+    from spml_tf import train
+
+    model_path = os.path.join(model_dir, train.MODEL_FILE)
+    results_path = os.path.join(model_dir, train.RESULTS)
+    for path in (model_path, results_path):
+        if not os.path.exists(path):
+            raise UsageError(f"{path} not found: --model_dir must be the directory of a finished training run")
+    with open(results_path) as f:
+        results = json.load(f)
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot load {model_path}: {error}") from None
+    return export_saved_model(model, results["class_names"], results["config"]["image_size"], export_base, threshold)
+
+
+def define_flags():
+    """The command-line flags (defined only when run as a program: train_main has its own)."""
+    flags.DEFINE_string("model_dir", None, "Directory of a finished training run.")
+    flags.DEFINE_string("export_dir", None, "TF Serving model base path; the next integer version is written.")
+    flags.DEFINE_float("serving_threshold", DEFAULT_THRESHOLD, "Probability from which a class is in `labels`.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"export: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        sys.exit(2)
+    FLAGS = flags.FLAGS
+    try:
+        if not FLAGS.model_dir or not FLAGS.export_dir:
+            raise UsageError("--model_dir and --export_dir are required")
+        print(f"Exported to {export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.serving_threshold)}")
+    except (UsageError, DataError) as error:
+        print(f"export: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,174 @@
+"""SavedModel export for TF Serving, loaded where spml_tf is not importable, and the predict command."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from spml_tf import config as config_lib
+from spml_tf import datasets, export, pipeline, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_digits_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    config = config_lib.from_overrides("digits", data_dir=tiny_digits_dir, model_dir=model_dir, loss="em",
+                                       epochs=1, batch_size=32)
+    train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serving") / "digits")
+    return base, export.export_run(run_dir, base, threshold=0.3)
+
+
+def _test_images(tiny_digits_dir, count=5):
+    """Encoded PNG bytes of the first test images, as stored in the shards."""
+    manifest = datasets.load("digits", tiny_digits_dir).test
+    from spml_tf import records
+
+    dataset = tf.data.TFRecordDataset(manifest.shard_paths).take(count)
+    return [records.parse_examples(s, manifest.num_classes)["image/encoded"].numpy() for s in dataset]
+
+
+def test_versions_follow_tf_serving_layout(run_dir, exported):
+    base, version_dir = exported
+    assert version_dir == os.path.join(base, "1") and os.path.exists(os.path.join(version_dir, "saved_model.pb"))
+    assert export.export_run(run_dir, base) == os.path.join(base, "2")
+
+
+def test_loads_and_matches_keras_without_our_package(tiny_digits_dir, run_dir, exported, tmp_path):
+    """A process that cannot import spml_tf serves the same probabilities as the Keras model (1e-5)."""
+    import keras
+
+    images = _test_images(tiny_digits_dir)
+    np.save(tmp_path / "images.npy", np.array(images, dtype=object), allow_pickle=True)
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        import numpy as np
+        import tensorflow as tf
+        assert importlib.util.find_spec("spml_tf") is None, "spml_tf must not be importable here"
+        loaded = tf.saved_model.load({exported[1]!r})
+        images = list(np.load({str(tmp_path / "images.npy")!r}, allow_pickle=True))
+        out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+        np.save({str(tmp_path / "probabilities.npy")!r}, out["probabilities"].numpy())
+        np.save({str(tmp_path / "labels.npy")!r}, out["labels"].numpy().astype(str))
+        meta = loaded.signatures["metadata"]()
+        print([n.decode() for n in meta["class_names"].numpy()], float(meta["threshold"]))
+    """)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'] 0.30" in result.stdout
+
+    served = np.load(tmp_path / "probabilities.npy")
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), safe_mode=True)
+    decoded = np.stack([pipeline.decode_and_resize(encoded, 24).numpy() for encoded in images])
+    expected = 1.0 / (1.0 + np.exp(-np.asarray(model(decoded), dtype=np.float64)))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+    labels = np.load(tmp_path / "labels.npy")
+    for row, probabilities in zip(labels, served):
+        order = np.argsort(-probabilities, kind="stable")
+        wanted = [str(c) for c in order if probabilities[c] >= 0.3]
+        assert list(row[: len(wanted)]) == wanted and all(name == "" for name in row[len(wanted):])
+
+
+def test_serve_images_signature_equals_serving_default(tiny_digits_dir, exported):
+    loaded = tf.saved_model.load(exported[1])
+    images = _test_images(tiny_digits_dir, 3)
+    from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(images))["probabilities"]
+    decoded = tf.stack([pipeline.decode_and_resize(encoded, 24) for encoded in images])
+    from_images = loaded.signatures["serve_images"](images=decoded)["probabilities"]
+    np.testing.assert_allclose(from_bytes.numpy(), from_images.numpy(), atol=1e-6)
+
+
+def test_any_image_size_and_jpeg(exported):
+    loaded = tf.saved_model.load(exported[1])
+    image = np.random.RandomState(0).randint(0, 256, size=(75, 50, 3), dtype=np.uint8)
+    jpeg = tf.io.encode_jpeg(image).numpy()
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([jpeg, jpeg]))
+    assert out["probabilities"].shape == (2, 10) and out["labels"].shape == (2, 10)
+
+
+def test_malformed_image_is_an_invalid_argument_error(tiny_digits_dir, exported):
+    loaded = tf.saved_model.load(exported[1])
+    good = _test_images(tiny_digits_dir, 1)[0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="(?i)image"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([good, b"this is not a jpeg"]))
+    # The model still serves the next request.
+    assert loaded.signatures["serving_default"](image_bytes=tf.constant([good]))["probabilities"].shape == (1, 10)
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run([cli, "show", "--dir", exported[1], "--all"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    for signature in ("serving_default", "serve_images", "metadata"):
+        assert f"signature_def['{signature}']" in text
+    default = text.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    assert re.search(r"inputs\['image_bytes'\] tensor_info:\s+dtype: DT_STRING\s+shape: \(-1\)", default)
+    assert re.search(r"outputs\['probabilities'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)", default)
+    assert re.search(r"outputs\['labels'\] tensor_info:\s+dtype: DT_STRING\s+shape: \(-1, 10\)", default)
+    images = text.split("signature_def['serve_images']")[1].split("signature_def[")[0]
+    assert re.search(r"inputs\['images'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 24, 24, 3\)", images)
+
+
+def test_readme_rest_request_matches_the_signature(tiny_digits_dir, exported):
+    """The README's :predict body names the signature's one input (or uses the single-input b64 form)."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    bodies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.S) if "instances" in block]
+    assert bodies, "README shows no REST request body"
+    signature = tf.saved_model.load(exported[1]).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert list(inputs) == ["image_bytes"] and inputs["image_bytes"].dtype == tf.string
+    for body in bodies:
+        for instance in body["instances"]:
+            encoded = instance["b64"] if "b64" in instance else instance["image_bytes"]["b64"]
+            if "b64" not in instance:
+                assert set(instance) == set(inputs)
+            # What TF Serving would hand the signature: the base64-decoded bytes.
+            payload = base64.b64decode(encoded) if encoded != "<base64 JPEG>" else _test_images(tiny_digits_dir, 1)[0]
+            assert signature(image_bytes=tf.constant([payload]))["probabilities"].shape == (1, 10)
+
+
+def test_predict_command(tiny_digits_dir, exported, tmp_path):
+    images = _test_images(tiny_digits_dir, 2)
+    paths = []
+    for i, encoded in enumerate(images):
+        paths.append(str(tmp_path / f"image{i}.png"))
+        open(paths[-1], "wb").write(encoded)
+    broken = str(tmp_path / "broken.jpg")
+    open(broken, "wb").write(b"not an image")
+    command = [sys.executable, "-m", "spml_tf.predict", f"--saved_model={exported[0]}", "--top_k=3"]
+    result = subprocess.run(command + paths, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert len(lines) == 2
+    probabilities = [float(p) for p in re.findall(r" (\d\.\d{3})", lines[0])]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+
+    result = subprocess.run(command + [paths[0], broken], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "broken.jpg is not a decodable" in result.stderr
+    assert "Traceback" not in result.stderr and paths[0] in result.stdout
+
+
+def test_export_command_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "spml_tf.export", f"--model_dir={tmp_path}",
+                             f"--export_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 2 and "finished training run" in result.stderr and "Traceback" not in result.stderr
