@@ -1,0 +1,12 @@
+"""Runs one test file with pytest: the `main` of each Bazel py_test."""
+
+import os
+import sys
+
+import pytest
+
+if __name__ == "__main__":
+    # Bazel gives each test a private temporary directory; keep pytest's files there.
+    temporary = os.environ.get("TEST_TMPDIR")
+    extra = ["--basetemp", os.path.join(temporary, "pytest")] if temporary else []
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *extra, *sys.argv[1:]]))
