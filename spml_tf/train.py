@@ -20,7 +20,9 @@ LABEL_BANK = "label_bank.npy"
 
 
 def default_model_dir(config):
-    return os.path.join("runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """runs/<dataset>-<loss>-<time> in the directory the command was started from (also under `bazel run`)."""
+    base = os.environ.get("BUILD_WORKING_DIRECTORY", "")
+    return os.path.join(base, "runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def train_and_evaluate(config, log=print, verbose=1):

@@ -20,7 +20,7 @@ def test_em_apl_trains_and_pseudo_labels_after_warmup(tiny_digits_dir, tmp_path)
     results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
 
     observed = pipeline.read_labels(datasets.load("digits", tiny_digits_dir).train).observed
-    per_round = pseudo_label.negatives_per_round((observed == 0).sum(axis=0), 0.9, 3 - 1)
+    per_round = pseudo_label.negatives_per_round((observed == 0).sum(axis=0), config.neg_proportion, 3 - 1)
     # Rounds after epochs 1 and 2; none after the last epoch, whose labels nothing would train on.
     assert [r["epoch"] for r in results["apl_rounds"]] == [1, 2]
     assert all(r["new_pseudo_negatives"] == per_round.sum() for r in results["apl_rounds"])
