@@ -96,11 +96,11 @@ def chart(results, path):
     figure, axis = plt.subplots(figsize=(8, 4))
     axis.bar(names, means, yerr=stds, capsize=4, color=["#888" if n in ("full", "an") else "#4a7" for n in names])
     low = min(m - s for m, s in zip(means, stds))
-    axis.set_ylim(max(0.0, low - 2.0), 100.0)
+    axis.set_ylim(max(0.0, low - 2.0), 100.5)
     axis.set_ylabel("test mAP (%)")
     axis.set_title("SPML losses on the embedded digits dataset (mean +- std over seeds)")
-    for x, mean in enumerate(means):
-        axis.text(x, mean + 0.3, f"{mean:.1f}", ha="center", fontsize=8)
+    for x, (mean, std) in enumerate(zip(means, stds)):
+        axis.text(x, min(mean + std + 0.2, 99.5), f"{mean:.1f}", ha="center", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 

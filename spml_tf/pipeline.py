@@ -59,6 +59,15 @@ def make_train_dataset(manifest, image_size, batch_size, random_flip, seed):
     return _batch(dataset, manifest, batch_size)
 
 
+def with_index_as_input(dataset):
+    """(image, index) -> ((image, index), index), for a model that also reads the index (ROLE's estimator)."""
+
+    def image_and_index(image, index):
+        return (image, index), index
+
+    return dataset.map(image_and_index, num_parallel_calls=AUTOTUNE)
+
+
 def make_eval_dataset(manifest, image_size, batch_size):
     """(image, index) batches in file order, without augmentation: prediction is reproducible and ordered."""
     num_classes = manifest.num_classes

@@ -58,7 +58,7 @@ def train_and_evaluate(config, log=print, verbose=1):
     trainer = model
     if config.loss == "role":  # ROLE also trains a label estimator, indexed by example
         trainer = models.with_label_estimator(model, train_labels.observed, config.seed)
-        train_ds = train_ds.map(lambda image, index: ((image, index), index))
+        train_ds = pipeline.with_index_as_input(train_ds)
     trainer.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=losses.LabelBankLoss(losses.from_config(config), bank),
