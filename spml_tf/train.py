@@ -118,7 +118,8 @@ def train_and_evaluate(config, log=print, verbose=1):
 
 def format_results(results):
     """A small table of the val and test metrics at the best epoch."""
-    lines = [f"Best epoch {results['best_epoch']} (by validation mAP, full labels)",
+    labels = "full" if results["config"]["val_set_variant"] == "clean" else "single-positive"
+    lines = [f"Best epoch {results['best_epoch']} (by validation mAP, {labels} labels)",
              f"{'metric':<16}{'val':>8}{'test':>8}"]
     for key in results["test"]:
         lines.append(f"{key:<16}{results['val'][key]:>8.2f}{results['test'][key]:>8.2f}")
