@@ -33,7 +33,6 @@ def train_and_evaluate(config, log=print, verbose=1):
     """
     model_dir = config.model_dir or default_model_dir(config)
     config = dataclasses.replace(config, model_dir=model_dir)
-    os.makedirs(model_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
@@ -46,6 +45,7 @@ def train_and_evaluate(config, log=print, verbose=1):
     train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
     val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
     test_ds = pipeline.make_eval_dataset(splits.test, size, batch)
+    os.makedirs(model_dir, exist_ok=True)  # only once the data is known to be there
     log(
         f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
         f"{splits.test.num_examples:,} test images, {splits.train.num_classes} classes; loss {config.loss}"

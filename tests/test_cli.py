@@ -89,3 +89,9 @@ def test_an_image_that_does_not_decode_is_a_data_error(tmp_path):
     assert "Traceback" not in result.stderr
     lines = _error_lines(result.stderr)
     assert len(lines) == 1 and "reading the data of voc failed" in lines[0]
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run("--dataset=voc", f"--data_dir={tmp_path / 'nowhere'}", "--weights=none", f"--model_dir={model_dir}")
+    assert result.returncode == 2 and not model_dir.exists()
