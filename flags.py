@@ -7,6 +7,7 @@ fills them, and a flag given on the command line wins.
 from absl import flags
 
 from spml_tf import config as config_lib
+from spml_tf import export
 
 flags.DEFINE_enum("dataset", "digits", config_lib.DATASETS, "Dataset; `digits` is embedded (no download).")
 flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord splits (default: the dataset's cache).")
@@ -37,7 +38,7 @@ flags.DEFINE_integer("seed", None, "Seed of weight initialisation and shuffling.
 flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement before stopping (paper: 0).")
 
 flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
-flags.DEFINE_float("serving_threshold", 0.75, "Exported model: probability from which a class is in `labels`.")
+flags.DEFINE_float("serving_threshold", export.DEFAULT_THRESHOLD, "Exported model: probability from which a class is in `labels`.")
 
 # Flags whose value becomes the Config field of the same name.
 CONFIG_FLAGS = (

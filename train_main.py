@@ -9,6 +9,7 @@ from absl import app
 from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines the flags)
+from spml_tf import export  # imports no TensorFlow until an export runs
 from spml_tf.errors import DataError, UsageError
 
 
@@ -27,9 +28,8 @@ def main(argv):
         sys.exit(2)
     try:
         config = flags.config_from_flags()
-        if not 0 < flags.FLAGS.serving_threshold < 1:
-            raise UsageError(f"--serving_threshold={flags.FLAGS.serving_threshold} must be in (0, 1)")
-        from spml_tf import export, train  # import TensorFlow: after the flags are known to be good
+        export.check_threshold(flags.FLAGS.serving_threshold)
+        from spml_tf import train  # imports TensorFlow: after the flags are known to be good
 
         results = train.train_and_evaluate(config)
         if flags.FLAGS.export_dir:

@@ -25,13 +25,24 @@ from spml_tf.errors import DataError, UsageError
 DEFAULT_THRESHOLD = 0.75  # the authors' recommendation for EM-trained models
 
 
-def next_version_dir(export_base):
-    """export_base/<1 + the largest integer version already there> (TF Serving's layout)."""
+def check_threshold(threshold):
+    """UsageError unless 0 < threshold < 1 (checked before training, so a bad flag costs no run)."""
+    if not 0.0 < threshold < 1.0:
+        raise UsageError(f"--serving_threshold={threshold} must be in (0, 1)")
+
+
+def versions(export_base):
+    """The integer version directories under a TF Serving base path, as ints (empty if none)."""
     import tensorflow as tf
 
-    tf.io.gfile.makedirs(export_base)
-    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_base) if name.rstrip("/").isdigit()]
-    return os.path.join(export_base, str(max(versions, default=0) + 1))
+    if not tf.io.gfile.isdir(export_base):
+        return []
+    return [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_base) if name.rstrip("/").isdigit()]
+
+
+def next_version_dir(export_base):
+    """export_base/<1 + the largest integer version already there> (TF Serving's layout)."""
+    return os.path.join(export_base, str(max(versions(export_base), default=0) + 1))
 
 
 def export_saved_model(model, class_names, image_size, export_base, threshold=DEFAULT_THRESHOLD):
@@ -41,8 +52,7 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=DE
 
     from spml_tf import pipeline
 
-    if not 0.0 < threshold < 1.0:
-        raise UsageError(f"--serving_threshold={threshold} must be in (0, 1)")
+    check_threshold(threshold)
     names = tf.constant(list(class_names), dtype=tf.string)
     if model.output_shape[-1] != len(class_names):
         raise UsageError(f"the model has {model.output_shape[-1]} outputs for {len(class_names)} class names")

@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from spml_tf import export
+
 
 def resolve_version(path):
     """A SavedModel directory: `path` itself, or its highest integer version."""
@@ -18,11 +20,10 @@ def resolve_version(path):
 
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    versions = [name.rstrip("/") for name in tf.io.gfile.listdir(path) if name.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(path) else []
-    if not versions:
+    found = export.versions(path)
+    if not found:
         raise FileNotFoundError(f"{path} holds no saved_model.pb and no integer version directory")
-    return os.path.join(path, max(versions, key=int))
+    return os.path.join(path, str(max(found)))
 
 
 def predict_files(saved_model_dir, paths, top_k=None):
