@@ -5,7 +5,7 @@ import os
 
 from spml_tf.errors import UsageError
 
-DATASETS = ("digits", "voc", "coco", "nuswide", "cub")
+DATASETS = ("digits", "voc", "coco", "nuswide", "cub", "custom")
 LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl")
 LABEL_VARIANTS = ("observed", "clean")
 BACKBONES = ("resnet50", "small_cnn")
@@ -96,6 +96,12 @@ PRESETS = {
                                    beta=0.2, warmup_epochs=4, expected_num_pos=1.9),
     "cub": dataclasses.replace(_PAPER, dataset="cub", batch_size=8, learning_rate=1e-4, alpha=0.01, beta=0.4,
                                warmup_epochs=3, expected_num_pos=31.4),
+    # A user's own data (converted with --dataset=csv or formatted): the
+    # paper's recipe with VOC's weights, a sound start for a new dataset.
+    # theta must stay below the share of true negatives among unannotated
+    # labels (see digits below): 0.9 suits datasets with few positives per image.
+    "custom": dataclasses.replace(_PAPER, dataset="custom", batch_size=8, learning_rate=1e-5, alpha=0.2, beta=0.02,
+                                  warmup_epochs=5, expected_num_pos=1.5),
     # The embedded dataset: 24x24 digit mosaics and a small CNN trained from
     # scratch, so it runs on a laptop CPU in minutes. No flip: a mirrored digit
     # is a different glyph, not the same class seen from another side.

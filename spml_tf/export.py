@@ -14,12 +14,12 @@ TensorFlow only, not this package.
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from spml_tf import cli
 from spml_tf.errors import DataError, UsageError
 
 DEFAULT_THRESHOLD = 0.75  # the authors' recommendation for EM-trained models
@@ -117,20 +117,13 @@ def define_flags():
     flags.DEFINE_float("serving_threshold", DEFAULT_THRESHOLD, "Probability from which a class is in `labels`.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"export: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        sys.exit(2)
+def run():
     FLAGS = flags.FLAGS
-    try:
-        if not FLAGS.model_dir or not FLAGS.export_dir:
-            raise UsageError("--model_dir and --export_dir are required")
-        print(f"Exported to {export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.serving_threshold)}")
-    except (UsageError, DataError) as error:
-        print(f"export: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+    if not FLAGS.model_dir or not FLAGS.export_dir:
+        raise UsageError("--model_dir and --export_dir are required")
+    print(f"Exported to {export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.serving_threshold)}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(cli.main_for("export", run), flags_parser=cli.flags_parser("export"))

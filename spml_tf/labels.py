@@ -10,7 +10,7 @@ from spml_tf.config import OBSERVATION_SEED, VAL_FRACTION
 from spml_tf.errors import DataError
 
 
-def observe_single_positive(full_labels, seed=OBSERVATION_SEED, num_negatives=0):
+def observe_single_positive(full_labels, seed=OBSERVATION_SEED, num_negatives=0, allow_empty_rows=False):
     """Keeps one positive per row, chosen at random; everything else becomes unannotated (0).
 
     One RandomState is consumed row by row, as in Cole et al.'s code: shuffle
@@ -18,6 +18,11 @@ def observe_single_positive(full_labels, seed=OBSERVATION_SEED, num_negatives=0)
     indices and keep the first `num_negatives` as observed negatives (-1).
     The negative shuffle happens even when none are kept, because the original
     draws it, and skipping it would change every later row.
+
+    A row without a positive is an error, unless `allow_empty_rows`: then it
+    stays unobserved and draws what the original draws for it (nothing for
+    its positives), so every other row is still bit-identical. The converter
+    uses this to report such rows, or drop them, without shifting the others.
     """
     full_labels = np.asarray(full_labels)
     check_label_matrix(full_labels, "full labels", allowed=(0, 1))
@@ -25,10 +30,10 @@ def observe_single_positive(full_labels, seed=OBSERVATION_SEED, num_negatives=0)
     observed = np.zeros(full_labels.shape, dtype=np.float32)
     for i, row in enumerate(full_labels):  # sequential by nature: one RNG stream
         positives = np.nonzero(row == 1)[0]
-        if positives.size == 0:
+        if positives.size == 0 and not allow_empty_rows:
             raise DataError(f"row {i} of the full label matrix has no positive label")
         rng.shuffle(positives)
-        observed[i, positives[0]] = 1.0
+        observed[i, positives[:1]] = 1.0
         negatives = np.nonzero(row == 0)[0]
         rng.shuffle(negatives)
         observed[i, negatives[:num_negatives]] = -1.0

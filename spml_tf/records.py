@@ -54,7 +54,10 @@ def serialize_example(encoded, image_id, full, observed, index):
         "label/observed": floats(observed),
         "example/index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # deterministic: map entries in key order. Otherwise the order depends on
+    # the process's hash seed, and the same example written by two converter
+    # processes would differ byte for byte (found by a test).
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def parse_examples(serialized, num_classes):
@@ -83,6 +86,10 @@ class Manifest:
     class_names: tuple
     shards: tuple
     full_labels_known: bool = True
+    # What the converter left out, as {"image": ..., "reason": ...} (--skip_bad_images).
+    dropped: tuple = ()
+    # Of the converter's inputs (ids, labels, options): a re-run with the same ones finds the split done.
+    fingerprint: str = ""
     schema_version: int = SCHEMA_VERSION
     directory: str = ""
 
@@ -95,10 +102,18 @@ class Manifest:
         del fields["directory"]
         fields["class_names"] = list(self.class_names)
         fields["shards"] = [dataclasses.asdict(shard) for shard in self.shards]
+        fields["dropped"] = list(self.dropped)
         return json.dumps(fields, indent=2)
 
+    def write(self):
+        """Writes <directory>/manifest.json atomically: last, so a split with a manifest is whole."""
+        temporary = os.path.join(self.directory, MANIFEST + ".tmp")
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            f.write(self.to_json())
+        tf.io.gfile.rename(temporary, os.path.join(self.directory, MANIFEST), overwrite=True)
 
-def _sha256(path):
+
+def sha256(path):
     digest = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -120,7 +135,7 @@ def write_split(directory, *, dataset, split, class_names, examples, full_labels
         temporary, final = os.path.join(directory, name + ".tmp"), os.path.join(directory, name)
         writer.close()
         tf.io.gfile.rename(temporary, final, overwrite=True)
-        shards.append(Shard(name, count, tf.io.gfile.stat(final).length, _sha256(final)))
+        shards.append(Shard(name, count, tf.io.gfile.stat(final).length, sha256(final)))
 
     for encoded, image_id, full, observed in examples:
         if writer is None:
@@ -139,10 +154,7 @@ def write_split(directory, *, dataset, split, class_names, examples, full_labels
         class_names=tuple(class_names), shards=tuple(shards), full_labels_known=full_labels_known,
         directory=directory,
     )
-    temporary = os.path.join(directory, MANIFEST + ".tmp")
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(manifest.to_json())
-    tf.io.gfile.rename(temporary, os.path.join(directory, MANIFEST), overwrite=True)
+    manifest.write()
     return manifest
 
 
@@ -158,7 +170,8 @@ def read_manifest(directory, convert_hint=""):
         if fields.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"{path} has schema version {fields.get('schema_version')}, this code reads {SCHEMA_VERSION}.{hint}")
         shards = tuple(Shard(**shard) for shard in fields.pop("shards"))
-        manifest = Manifest(**{**fields, "class_names": tuple(fields["class_names"]), "shards": shards, "directory": directory})
+        manifest = Manifest(**{**fields, "class_names": tuple(fields["class_names"]), "shards": shards,
+                               "dropped": tuple(fields.get("dropped", ())), "directory": directory})
     except (ValueError, TypeError, KeyError) as error:
         raise DataError(f"{path} is not a valid manifest ({error}).{hint}") from None
     if sum(shard.num_examples for shard in shards) != manifest.num_examples:

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from spml_tf import datasets, evaluation, losses, metrics, models, pipeline, pseudo_label
-from spml_tf.errors import DataError
+from spml_tf.errors import DataError, UsageError
 from spml_tf.label_bank import LabelBank
 
 RESULTS = "results.json"
@@ -37,18 +37,20 @@ def train_and_evaluate(config, log=print, verbose=1):
 
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
+    config = _fit_to_known_labels(config, splits, log)
     train_labels = pipeline.read_labels(splits.train)
     val_labels = pipeline.read_labels(splits.val)
-    test_labels = pipeline.read_labels(splits.test)
+    test_labels = pipeline.read_labels(splits.test) if splits.test else None
     size, batch = config.image_size, config.batch_size
     train_ds = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed)
     train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
     val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
-    test_ds = pipeline.make_eval_dataset(splits.test, size, batch)
+    test_ds = pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None
     os.makedirs(model_dir, exist_ok=True)  # only once the data is known to be there
     log(
         f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
-        f"{splits.test.num_examples:,} test images, {splits.train.num_classes} classes; loss {config.loss}"
+        + (f"{splits.test.num_examples:,} test images" if splits.test else "no test images")
+        + f", {splits.train.num_classes} classes; loss {config.loss}"
     )
 
     # Model and loss: the oracle trains on full labels, every other loss on observed ones.
@@ -93,18 +95,22 @@ def train_and_evaluate(config, log=print, verbose=1):
         raise DataError(f"reading the data of {config.dataset} failed: {error.message.splitlines()[0]}") from None
 
     # Evaluate the best epoch (EarlyStopping restored its weights) on val and test,
-    # always against full labels.
+    # against full labels wherever they are known.
     best = max(summary.records, key=lambda record: record["val_map"])
     val_probs = evaluation.predict_probabilities(model, val_ds, val_labels.order)
-    test_probs = evaluation.predict_probabilities(model, test_ds, test_labels.order)
+    test_metrics = None
+    if test_ds is not None:
+        test_probs = evaluation.predict_probabilities(model, test_ds, test_labels.order)
+        test_metrics = metrics.evaluate(test_labels.full, test_probs, config.threshold)
     results = {
         "config": dataclasses.asdict(config),
         "class_names": list(splits.class_names),
         "history": summary.records,
         "apl_rounds": apl.rounds if apl else [],
         "best_epoch": best["epoch"],
-        "val": metrics.evaluate(val_labels.full, val_probs, config.threshold),
-        "test": metrics.evaluate(test_labels.full, test_probs, config.threshold),
+        "val": metrics.evaluate(val_labels.full if splits.val.full_labels_known else val_targets, val_probs,
+                                config.threshold),
+        "test": test_metrics,
     }
     # Saved uncompiled: the training loss reads a label bank that a user of the
     # model does not have, and `keras.saving.load_model` must just work.
@@ -116,13 +122,26 @@ def train_and_evaluate(config, log=print, verbose=1):
     return results
 
 
+def _fit_to_known_labels(config, splits, log):
+    """The config, adjusted to what the data knows: a user's own data has no full training labels."""
+    if not splits.train.full_labels_known and (config.loss == "full" or config.train_set_variant == "clean"):
+        raise UsageError(f"{splits.train.directory} has single-positive labels only (no full labels): "
+                         "--loss=full and --train_set_variant=clean need full training labels")
+    if not splits.val.full_labels_known and config.val_set_variant == "clean":
+        log("The validation labels are single-positive (no --val_csv at conversion): "
+            "selecting epochs on them (--val_set_variant=observed).")
+        config = dataclasses.replace(config, val_set_variant="observed")
+    return config
+
+
 def format_results(results):
     """A small table of the val and test metrics at the best epoch."""
     labels = "full" if results["config"]["val_set_variant"] == "clean" else "single-positive"
+    test = results["test"]
     lines = [f"Best epoch {results['best_epoch']} (by validation mAP, {labels} labels)",
-             f"{'metric':<16}{'val':>8}{'test':>8}"]
-    for key in results["test"]:
-        lines.append(f"{key:<16}{results['val'][key]:>8.2f}{results['test'][key]:>8.2f}")
+             f"{'metric':<16}{'val':>8}{'test' if test else '':>8}"]
+    for key in results["val"]:
+        lines.append(f"{key:<16}{results['val'][key]:>8.2f}" + (f"{test[key]:>8.2f}" if test else ""))
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ def _error_lines(stderr):
     (["--weights=/no/such/file.h5", "--dataset=voc"], "neither 'imagenet', 'none' nor a file"),
     (["stray_argument"], "unexpected arguments"),
     (["--serving_threshold=1.5"], "--serving_threshold=1.5 must be in (0, 1)"),
+    (["--dataset=custom", "--weights=none"], "--dataset=custom needs --data_dir"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, expected):
     result = run(*args)

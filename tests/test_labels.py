@@ -34,7 +34,8 @@ def loop_observe(full, seed=1200, num_negatives=0):
     for i in range(full.shape[0]):
         positive_indices = np.array([c for c in range(full.shape[1]) if full[i, c] == 1])
         rng.shuffle(positive_indices)
-        observed[i, positive_indices[0]] = 1.0
+        if len(positive_indices):
+            observed[i, positive_indices[0]] = 1.0
         negative_indices = np.array([c for c in range(full.shape[1]) if full[i, c] == 0], dtype=np.int64)
         rng.shuffle(negative_indices)
         for c in negative_indices[:num_negatives]:
@@ -97,6 +98,15 @@ def test_observe_row_without_positive_raises():
     full[4] = 0
     with pytest.raises(DataError, match="row 4"):
         labels.observe_single_positive(full)
+
+
+def test_observe_allowed_empty_rows_leave_every_other_row_as_the_original_draws_it():
+    """With allow_empty_rows an empty row stays unobserved and the RNG stream is the statement's."""
+    full = random_full(5, num_examples=50)
+    full[[3, 17, 40]] = 0
+    observed = labels.observe_single_positive(full, allow_empty_rows=True, num_negatives=1)
+    np.testing.assert_array_equal(observed, loop_observe(full, num_negatives=1))
+    assert not (observed[[3, 17, 40]] == 1).any()
 
 
 def test_observe_num_negatives_marks_two_true_negatives():

@@ -1,0 +1,37 @@
+"""What every command line here shares: a bad flag or bad data is one line on stderr and an exit code."""
+
+import sys
+
+from absl import flags
+
+from spml_tf.errors import DataError, UsageError
+
+
+def flags_parser(program):
+    """absl's flag parser, but a bad flag is one line `<program>: error: ...` and exit code 2."""
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            print(f"{program}: error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return parse
+
+
+def main_for(program, run):
+    """An absl `main` that calls run() and turns UsageError / DataError into one line and exit 2 / 1."""
+
+    def main(argv):
+        if len(argv) > 1:
+            print(f"{program}: error: unexpected arguments {argv[1:]}; flags take the form --name=value",
+                  file=sys.stderr)
+            sys.exit(2)
+        try:
+            run()
+        except (UsageError, DataError) as error:
+            print(f"{program}: error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
+
+    return main

@@ -1,0 +1,231 @@
+"""Converts a dataset to TFRecord shards: `python -m spml_tf.convert --dataset=voc --raw_dir=DIR`.
+
+raw release (or Cole et al.'s formatted files, or a user's CSVs)
+  -> full label matrix in the original code's image order
+  -> single-positive observed labels of the official train set (seed 1200, SPEC section 4)
+  -> 80/20 train/val split of the official train set (seed 1200)
+  -> every image checked -> train, val and test shards with manifests (shard_writer).
+"""
+
+import dataclasses
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+from spml_tf import cli
+from spml_tf.errors import UsageError
+
+DATASETS = ("voc", "coco", "nuswide", "cub", "formatted", "csv")
+DOWNLOADABLE = ("voc", "coco")
+CUB_URL = "https://data.caltech.edu/records/65de6-vp158"  # CUB_200_2011.tgz: needs a browser (terms of use)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    """Everything a conversion depends on; see the flags below for each field."""
+
+    dataset: str
+    out_dir: str = ""  # "" = the dataset's default data directory, where train_main.py looks
+    raw_dir: str = ""
+    download: bool = False
+    mirror: str = ""
+    formatted_dir: str = ""
+    image_root: str = ""
+    name: str = ""
+    train_csv: str = ""
+    val_csv: str = ""
+    test_csv: str = ""
+    classes: str = ""
+    observed_negatives: int = 0
+    skip_bad_images: bool = False
+    shard_size_mb: float = 150.0
+    workers: int = 1
+
+    def __post_init__(self):
+        def require(condition, message):
+            if not condition:
+                raise UsageError(message)
+
+        require(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")
+        require(not self.download or self.dataset in DOWNLOADABLE,
+                f"--download fetches {' and '.join(DOWNLOADABLE)} only"
+                + (f"; download CUB_200_2011.tgz from {CUB_URL}" if self.dataset == "cub" else ""))
+        require(not self.mirror or self.download, "--mirror applies with --download")
+        if self.dataset in ("voc", "coco", "nuswide", "cub"):
+            require(self.raw_dir, f"--raw_dir is required: where the {self.dataset} release is"
+                    + (" (or goes, with --download)" if self.dataset in DOWNLOADABLE else ""))
+        if self.dataset == "formatted":
+            require(self.formatted_dir and self.image_root and self.name,
+                    "--dataset=formatted needs --formatted_dir, --image_root and --name")
+        if self.dataset == "csv":
+            require(self.train_csv and self.image_root and self.name,
+                    "--dataset=csv needs --train_csv, --image_root and --name")
+            require(not self.observed_negatives, "--observed_negatives needs full training labels, a CSV has none")
+        else:
+            require(not (self.train_csv or self.val_csv or self.test_csv), "--*_csv flags apply with --dataset=csv")
+        if self.name:
+            require(self.name.replace("_", "").replace("-", "").isalnum(),
+                    f"--name={self.name!r}: use letters, digits, '-' and '_' only")
+        require(self.observed_negatives >= 0, f"--observed_negatives={self.observed_negatives} must be >= 0")
+        require(self.shard_size_mb > 0, f"--shard_size_mb={self.shard_size_mb} must be positive")
+        require(self.workers >= 1, f"--workers={self.workers} must be at least 1")
+
+    @property
+    def dataset_name(self):
+        return self.name or self.dataset
+
+
+def read_source(config, log=print):
+    """The dataset as released, downloading it first with --download."""
+    from spml_tf.datasets import coco, cub, formatted, source, user_csv, voc
+
+    class_names = formatted.read_class_names(config.classes) if config.classes else None
+    if config.dataset in ("voc", "coco", "nuswide", "cub") and not config.download:
+        source.require_dir(config.raw_dir, "--raw_dir", f"the extracted {config.dataset} release")
+    if config.download:
+        fetch_release(config, log)
+    if config.dataset == "voc":
+        return voc.read(config.raw_dir)
+    if config.dataset == "coco":
+        return coco.read(config.raw_dir)
+    if config.dataset == "cub":
+        return cub.read(config.raw_dir)
+    if config.dataset == "nuswide":
+        return formatted.read_nuswide(config.raw_dir, config.image_root or None, class_names)
+    if config.dataset == "formatted":
+        return formatted.read(config.formatted_dir, config.image_root, config.name, class_names)
+    return user_csv.read(config.train_csv, config.image_root, config.name, config.val_csv or None,
+                         config.test_csv or None, class_names)
+
+
+def fetch_release(config, log):
+    """Downloads and extracts the official archives of VOC or COCO into --raw_dir."""
+    from spml_tf import download
+
+    if "://" in config.raw_dir:
+        raise UsageError("--download writes to a local --raw_dir; copy the extracted files to the bucket afterwards")
+    for archive in download.ARCHIVES[config.dataset]:
+        if config.mirror:
+            archive = download.with_mirror(archive, config.mirror)
+        path = download.fetch(archive, config.raw_dir, log=log)
+        download.extract(path, config.raw_dir, log=log)
+
+
+def split_inputs(release, observed_negatives=0, log=print):
+    """The train, val and test SplitInputs of a release: observation, then the 80/20 split (SPEC section 4)."""
+    import numpy as np
+
+    from spml_tf import labels
+    from spml_tf.shard_writer import SplitInput
+
+    problems = {"train": {}, "val": {}, "test": {}}
+    for problem in release.problems:
+        problems[problem.split].setdefault(problem.row, problem.reason)
+    train = release.train
+    if release.train_labels_are_full:
+        # From the FULL official train matrix, before the split: the original's files bit for bit.
+        full = train.labels
+        observed = labels.observe_single_positive(full, num_negatives=observed_negatives, allow_empty_rows=True)
+        for row in np.flatnonzero(full.max(axis=1, initial=0) == 0):
+            problems["train"].setdefault(int(row), "no positive label")
+    else:
+        full, observed = np.zeros_like(train.labels), train.labels
+
+    def whole(name, part, full_rows, observed_rows, known):
+        return SplitInput(name=name, paths=part.paths, ids=part.ids, full=full_rows, observed=observed_rows,
+                          full_labels_known=known, problems=tuple(sorted(problems[name].items())))
+
+    splits = []
+    if release.val is None:
+        train_rows, val_rows = labels.train_val_split(len(train))
+        for name, rows in (("train", train_rows), ("val", val_rows)):
+            position = {int(row): i for i, row in enumerate(rows)}
+            splits.append(SplitInput(
+                name=name, paths=tuple(train.paths[r] for r in rows), ids=tuple(train.ids[r] for r in rows),
+                full=full[rows], observed=observed[rows], full_labels_known=release.train_labels_are_full,
+                problems=tuple((position[r], reason) for r, reason in sorted(problems["train"].items())
+                               if r in position),
+            ))
+        if not release.train_labels_are_full:
+            log(f"No --val_csv: {len(val_rows):,} of the {len(train):,} training images are held out as the "
+                "validation set. Their labels are single-positive too, so training selects epochs on observed "
+                "labels (the `observed` validation variant).")
+    else:
+        splits.append(whole("train", train, full, observed, release.train_labels_are_full))
+        val_observed = labels.observe_single_positive(release.val.labels, allow_empty_rows=True)
+        splits.append(whole("val", release.val, release.val.labels, val_observed, True))
+    if release.test is not None:  # nothing is hidden at test time: observed = full
+        splits.append(whole("test", release.test, release.test.labels, release.test.labels, True))
+    return splits
+
+
+def convert(config, log=print):
+    """Runs the whole conversion and returns {split: Manifest}."""
+    from spml_tf import datasets, shard_writer
+    from spml_tf.datasets import coco, cub, voc
+
+    out_dir = config.out_dir or datasets.default_data_dir(config.dataset_name, config.observed_negatives)
+    release = read_source(config, log)
+    expected = {"voc": voc.EXPECTED, "coco": coco.EXPECTED, "cub": cub.EXPECTED}.get(config.dataset, {})
+    found = {split: len(getattr(release, split)) for split in expected}
+    if found != expected:
+        log(f"note: this is not the whole {config.dataset} release: it has {found['train']:,} official train and "
+            f"{found['test']:,} test images with a label, the whole release {expected['train']:,} and "
+            f"{expected['test']:,}")
+    log(f"{release.name}: {len(release.class_names)} classes, {len(release.train):,} official train images"
+        + (f", {len(release.test):,} test images" if release.test is not None else ", no test set")
+        + f" -> {out_dir}")
+    splits = split_inputs(release, config.observed_negatives, log)
+    options = {"observed_negatives": config.observed_negatives}
+    manifests = shard_writer.write_splits(
+        out_dir, release.name, release.class_names, splits, skip_bad_images=config.skip_bad_images,
+        shard_size_mb=config.shard_size_mb, workers=config.workers, log=log, options=options)
+    preset = release.name if release.name in ("voc", "coco", "nuswide", "cub") else "custom"
+    log(f"Done. Train with: python train_main.py --dataset={preset} --data_dir={out_dir}")
+    return manifests
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+
+def define_flags():
+    """The command-line flags (defined only when run as a program: train_main has its own)."""
+    flags.DEFINE_enum("dataset", None, DATASETS, "What to convert.")
+    flags.DEFINE_string("out_dir", None, "Where the train/val/test splits go (default: the dataset's data "
+                        "directory that train_main.py reads, $SPML_TF_DATA/<name> or ~/.cache/spml_tf/<name>).")
+    flags.DEFINE_string("raw_dir", None, "voc, coco, nuswide, cub: the release as extracted (with --download: "
+                        "where it is downloaded and extracted).")
+    flags.DEFINE_boolean("download", False, "voc, coco: fetch the official archives into --raw_dir first "
+                         "(resumes an interrupted download, verifies size and MD5).")
+    flags.DEFINE_string("mirror", None, "With --download: base URL of a mirror holding the same archive files.")
+    flags.DEFINE_string("formatted_dir", None, "formatted: directory of formatted_{train,val}_{images,labels}.npy.")
+    flags.DEFINE_string("image_root", None, "formatted, csv: the directory image paths are relative to "
+                        "(nuswide: default <raw_dir>/Flickr).")
+    flags.DEFINE_string("name", None, "formatted, csv: the dataset's name (recorded in the manifests).")
+    flags.DEFINE_string("train_csv", None, "csv: training images, columns image,labels (labels: class names "
+                        "separated by '|', usually the one annotated positive).")
+    flags.DEFINE_string("val_csv", None, "csv: validation images with their full label sets (default: hold out "
+                        "20%% of --train_csv and select epochs on its single-positive labels).")
+    flags.DEFINE_string("test_csv", None, "csv: test images with their full label sets.")
+    flags.DEFINE_string("classes", None, "A file with one class name per line, in label order (default: "
+                        "csv: the sorted names used; formatted: class_000, ...).")
+    flags.DEFINE_integer("observed_negatives", 0, "Negatives per training image the observation keeps "
+                         "(Cole et al.'s num_neg; the paper uses 0).")
+    flags.DEFINE_boolean("skip_bad_images", False, "Leave out unreadable images and unusable label rows "
+                         "(recorded in the manifests) instead of failing.")
+    flags.DEFINE_float("shard_size_mb", 150.0, "Approximate size of one TFRecord shard.")
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes that check images and write shards.")
+
+
+def config_from_flags():
+    values = {field.name: getattr(flags.FLAGS, field.name) for field in dataclasses.fields(ConvertConfig)}
+    if values["dataset"] is None:
+        raise UsageError(f"--dataset is required: one of {', '.join(DATASETS)}")
+    return ConvertConfig(**{key: value for key, value in values.items() if value is not None})
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(cli.main_for("convert", lambda: convert(config_from_flags())), flags_parser=cli.flags_parser("convert"))

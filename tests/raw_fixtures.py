@@ -1,0 +1,171 @@
+"""Small raw datasets in the real release layouts, and the ground truth they were made from.
+
+Each builder writes tiny, distinct JPEG images and the dataset's own label
+files (VOC ImageSets, COCO instances json, CUB text files, Cole et al.'s
+formatted .npy, a user's CSVs) and returns what a correct reader must find,
+stated directly from how the files were made, not from the code under test.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def write_jpeg(path, seed):
+    """A distinct 8x10 JPEG at `path`; returns its bytes."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = np.random.RandomState(seed).randint(0, 256, size=(8, 10, 3), dtype=np.uint8)
+    data = tf.io.encode_jpeg(pixels).numpy()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+def make_voc(raw_dir, num_train=40, num_val=20, seed=0):
+    """VOCdevkit/VOC2012 with ImageSets/Main/<class>_{train,val}.txt and JPEGImages/.
+
+    Some images have only difficult (0) entries and no positive: they are in
+    no split. Returns {"train"/"test": (sorted file names, labels)}.
+    """
+    rng = np.random.RandomState(seed)
+    root = os.path.join(raw_dir, "VOCdevkit", "VOC2012")
+    main = os.path.join(root, "ImageSets", "Main")
+    os.makedirs(main)
+    truth = {}
+    number = 0
+    for image_set, count, split in (("train", num_train, "train"), ("val", num_val, "test")):
+        ids = []
+        for _ in range(count):
+            number += 1
+            ids.append(f"20{8 + number % 3:02d}_{number * 7 % 1000:06d}")
+        values = {}  # id -> per-class value in {1, -1, 0}
+        for i, image_id in enumerate(ids):
+            row = np.full(len(VOC_CLASSES), -1)
+            if i % 7 == 3:  # difficult only: never a positive
+                row[rng.choice(len(VOC_CLASSES), 2, replace=False)] = 0
+            else:
+                row[rng.choice(len(VOC_CLASSES), rng.randint(1, 4), replace=False)] = 1
+                other = rng.randint(len(VOC_CLASSES))
+                if row[other] != 1:
+                    row[other] = 0  # difficult: not a positive
+            values[image_id] = row
+            write_jpeg(os.path.join(root, "JPEGImages", image_id + ".jpg"), seed=number)
+        listing = list(ids)
+        rng.shuffle(listing)  # the reader must sort, not trust the file order
+        for c, name in enumerate(VOC_CLASSES):
+            with open(os.path.join(main, f"{name}_{image_set}.txt"), "w") as f:
+                for image_id in listing:
+                    f.write(f"{image_id} {values[image_id][c]:2d}\n")  # the release's column format
+        files = sorted(image_id + ".jpg" for image_id in ids if (values[image_id] == 1).any())
+        labels = np.array([(values[file[:-4]] == 1).astype(np.float32) for file in files])
+        truth[split] = (files, labels)
+    return truth
+
+
+def make_coco(raw_dir, seed=0):
+    """annotations/instances_{train,val}2014.json and {train,val}2014/COCO_*.jpg.
+
+    Category ids are not contiguous and the category list is not sorted by
+    id; image ids sort differently as strings and as numbers; some images have
+    no annotation. Returns (class names, {"train"/"test": (file names, labels)}).
+    """
+    rng = np.random.RandomState(seed)
+    categories = [(7, "cat"), (2, "car"), (13, "dog"), (5, "bus"), (90, "toothbrush")]
+    names = tuple(name for _, name in categories)
+    truth = {}
+    for official, split, ids in (("train", "train", [9, 10, 100, 25, 3, 1000, 42, 77, 8, 250, 31, 4]),
+                                 ("val", "test", [11, 2, 300, 45, 6, 12])):
+        annotations, labelled = [], {}
+        for k, image_id in enumerate(ids):
+            write_jpeg(os.path.join(raw_dir, f"{official}2014", f"COCO_{official}2014_{image_id:012d}.jpg"),
+                       seed=1000 + image_id)
+            if k % 5 == 4:
+                continue  # an image without annotations is in no split
+            chosen = rng.choice(len(categories), rng.randint(1, 4), replace=False)
+            labelled[image_id] = chosen
+            for c in list(chosen) + [chosen[0]]:  # the same category twice: still one label
+                annotations.append({"id": len(annotations), "image_id": image_id, "category_id": categories[c][0]})
+        data = {
+            "images": [{"id": i, "file_name": f"COCO_{official}2014_{i:012d}.jpg"} for i in ids],
+            "annotations": annotations,
+            "categories": [{"id": cid, "name": name, "supercategory": "x"} for cid, name in categories],
+        }
+        os.makedirs(os.path.join(raw_dir, "annotations"), exist_ok=True)
+        with open(os.path.join(raw_dir, "annotations", f"instances_{official}2014.json"), "w") as f:
+            json.dump(data, f)
+        order = sorted(labelled, key=str)  # as strings: "10" < "100" < "1000" < "25" < "3"
+        labels = np.zeros((len(order), len(categories)), np.float32)
+        for row, image_id in enumerate(order):
+            labels[row, labelled[image_id]] = 1.0
+        truth[split] = ([f"{official}2014/COCO_{official}2014_{i:012d}.jpg" for i in order], labels)
+    return names, truth
+
+
+def make_cub(raw_dir, num_images=30, num_attributes=12, seed=0):
+    """CUB_200_2011/{images.txt, train_test_split.txt, attributes/image_attribute_labels.txt, images/}
+    and attributes.txt beside CUB_200_2011/, as in CUB_200_2011.tgz.
+
+    Returns (attribute names, {"train"/"test": (file names, labels)}).
+    """
+    rng = np.random.RandomState(seed)
+    root = os.path.join(raw_dir, "CUB_200_2011")
+    os.makedirs(os.path.join(root, "attributes"))
+    names = tuple(f"has_part::{k}_shape" for k in range(num_attributes))
+    with open(os.path.join(raw_dir, "attributes.txt"), "w") as f:
+        f.writelines(f"{k + 1} {name}\n" for k, name in enumerate(names))
+    files = [f"{1 + i % 3:03d}.Bird_{i % 3}/Bird_{i:04d}_{i * 13}.jpg" for i in range(num_images)]
+    is_train = rng.rand(num_images) < 0.6
+    labels = (rng.rand(num_images, num_attributes) < 0.3).astype(np.float32)
+    labels[np.arange(num_images), rng.randint(num_attributes, size=num_images)] = 1.0
+    with open(os.path.join(root, "images.txt"), "w") as f:
+        f.writelines(f"{i + 1} {file}\n" for i, file in enumerate(files))
+    with open(os.path.join(root, "train_test_split.txt"), "w") as f:
+        f.writelines(f"{i + 1} {int(t)}\n" for i, t in enumerate(is_train))
+    with open(os.path.join(root, "attributes", "image_attribute_labels.txt"), "w") as f:
+        for i in range(num_images):
+            for a in range(num_attributes):
+                certainty = rng.randint(1, 5)
+                extra = " 0" if (i, a) == (2, 5) else ""  # the release has a few lines with an extra field
+                f.write(f"{i + 1} {a + 1} {int(labels[i, a])} {certainty}{extra} {rng.rand() * 10:.3f}\n")
+    for i, file in enumerate(files):
+        write_jpeg(os.path.join(root, "images", file), seed=2000 + i)
+    truth = {}
+    for split, flag in (("train", True), ("test", False)):
+        rows = np.flatnonzero(is_train == flag)
+        truth[split] = ([files[r] for r in rows], labels[rows])
+    return names, truth
+
+
+def make_formatted(formatted_dir, image_root, num_train=30, num_test=12, num_classes=6, seed=0):
+    """formatted_{train,val}_{images,labels}.npy and the images they name.
+
+    Returns {"train"/"test": (paths, labels)}.
+    """
+    rng = np.random.RandomState(seed)
+    os.makedirs(formatted_dir, exist_ok=True)
+    truth = {}
+    for phase, split, count in (("train", "train", num_train), ("val", "test", num_test)):
+        paths = [f"folder_{i % 4}/{phase}_{i:04d}.jpg" for i in range(count)]
+        labels = (rng.rand(count, num_classes) < 0.3).astype(np.float64)
+        labels[np.arange(count), rng.randint(num_classes, size=count)] = 1.0
+        for i, path in enumerate(paths):
+            write_jpeg(os.path.join(image_root, path), seed=3000 + i + (0 if phase == "train" else 500))
+        np.save(os.path.join(formatted_dir, f"formatted_{phase}_images.npy"), np.array(paths))
+        np.save(os.path.join(formatted_dir, f"formatted_{phase}_labels.npy"), labels)
+        truth[split] = (paths, labels.astype(np.float32))
+    return truth
+
+
+def write_csv(path, rows):
+    """A CSV with the `image,labels` header; rows are (image, [class names])."""
+    with open(path, "w") as f:
+        f.write("image,labels\n")
+        for image, names in rows:
+            f.write(f"{image},{'|'.join(names)}\n")
