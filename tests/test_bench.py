@@ -37,3 +37,18 @@ def test_unknown_loss_is_a_usage_error(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--losses=bogus"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode != 0 and "unknown ['bogus']" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_conversion_benchmark_writes_its_report(tmp_path):
+    output = tmp_path / "convert.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "convert.py"), "--images=40", "--workers=1",
+         f"--output={output}"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(output))
+    assert report["images"] == 40 and report["megabytes"] > 0
+    [row] = report["results"]
+    assert row["workers"] == 1 and row["images_per_second"] == pytest.approx(40 / row["seconds"], rel=0.01)
