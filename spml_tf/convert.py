@@ -207,7 +207,7 @@ def define_flags():
     flags.DEFINE_string("train_csv", None, "csv: training images, columns image,labels (labels: class names "
                         "separated by '|', usually the one annotated positive).")
     flags.DEFINE_string("val_csv", None, "csv: validation images with their full label sets (default: hold out "
-                        "20%% of --train_csv and select epochs on its single-positive labels).")
+                        "20% of --train_csv and select epochs on its single-positive labels).")
     flags.DEFINE_string("test_csv", None, "csv: test images with their full label sets.")
     flags.DEFINE_string("classes", None, "A file with one class name per line, in label order (default: "
                         "csv: the sorted names used; formatted: class_000, ...).")
