@@ -36,6 +36,10 @@ flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
 flags.DEFINE_boolean("random_flip", None, "Random horizontal flip when training.")
 flags.DEFINE_integer("seed", None, "Seed of weight initialisation and shuffling.")
 flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement before stopping (paper: 0).")
+flags.DEFINE_boolean("deterministic", None, "TensorFlow op determinism and an ordered input pipeline: the same "
+                     "command gives the same results, and a resumed run the results of an uninterrupted one "
+                     "(a little slower).")
+flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
 flags.DEFINE_float("serving_threshold", export.DEFAULT_THRESHOLD, "Exported model: probability from which a class is in `labels`.")
@@ -45,7 +49,7 @@ CONFIG_FLAGS = (
     "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",
     "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
     "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
-    "random_flip", "seed", "patience",
+    "random_flip", "seed", "patience", "deterministic",
 )
 
 FLAGS = flags.FLAGS

@@ -1,10 +1,11 @@
 """What every command line here shares: a bad flag or bad data is one line on stderr and an exit code."""
 
 import sys
+import traceback
 
 from absl import flags
 
-from spml_tf.errors import DataError, UsageError
+from spml_tf.errors import DataError, TrainingError, UsageError
 
 
 def flags_parser(program):
@@ -21,7 +22,8 @@ def flags_parser(program):
 
 
 def main_for(program, run):
-    """An absl `main` that calls run() and turns UsageError / DataError into one line and exit 2 / 1."""
+    """An absl `main` that calls run() and turns UsageError / DataError / TrainingError into one line and
+    exit 2 / 1 / 1; with a --verbose flag set, the traceback is printed too."""
 
     def main(argv):
         if len(argv) > 1:
@@ -30,7 +32,9 @@ def main_for(program, run):
             sys.exit(2)
         try:
             run()
-        except (UsageError, DataError) as error:
+        except (UsageError, DataError, TrainingError) as error:
+            if "verbose" in flags.FLAGS and flags.FLAGS.verbose:
+                traceback.print_exc()
             print(f"{program}: error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
 

@@ -44,6 +44,7 @@ class Config:
     seed: int = 1
     patience: int = 0  # the paper stops at the first epoch whose val mAP does not improve
     threshold: float = 0.75  # for F1; the authors' recommendation for EM-trained models
+    deterministic: bool = False  # op determinism and ordered input: bit-identical reruns, a little slower
 
     def __post_init__(self):
         _check(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")

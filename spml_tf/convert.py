@@ -217,6 +217,7 @@ def define_flags():
                          "(recorded in the manifests) instead of failing.")
     flags.DEFINE_float("shard_size_mb", 150.0, "Approximate size of one TFRecord shard.")
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes that check images and write shards.")
+    flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 
 def config_from_flags():

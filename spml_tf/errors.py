@@ -11,3 +11,9 @@ class DataError(Exception):
     """The data on disk is missing, corrupt or inconsistent (exit code 1)."""
 
     exit_code = 1
+
+
+class TrainingError(Exception):
+    """Training itself failed (the loss diverged); what was saved before stays (exit code 1)."""
+
+    exit_code = 1

@@ -33,30 +33,55 @@ def preprocess_for_eval(example, image_size):
     return decode_and_resize(example["image/encoded"], image_size), example["example/index"]
 
 
-def preprocess_for_train(example, image_size, random_flip):
+def preprocess_for_train(example, image_size, random_flip, seed):
+    """Decode, resize and (random_flip) flip; the flip is a function of (seed, example index), not of the order."""
     image, index = preprocess_for_eval(example, image_size)
     if random_flip:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([tf.constant(seed, tf.int64), index]))
     return image, index
 
 
-def make_train_dataset(manifest, image_size, batch_size, random_flip, seed):
-    """Shuffled, augmented (image, index) batches; one pass is one epoch, reshuffled every epoch."""
-    num_classes = manifest.num_classes
-    files = tf.data.Dataset.from_tensor_slices(manifest.shard_paths).shuffle(len(manifest.shards), seed=seed)
-    dataset = files.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(manifest.shards), 8),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=False,
-    )
-    dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        lambda serialized: preprocess_for_train(records.parse_examples(serialized, num_classes), image_size, random_flip),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=False,
-    )
-    return _batch(dataset, manifest, batch_size)
+def make_train_dataset(manifest, image_size, batch_size, random_flip, seed, epochs=1, first_epoch=0,
+                       deterministic=False):
+    """Shuffled, augmented (image, index) batches of epochs first_epoch+1 .. epochs, one epoch after the other.
+
+    Epoch e's shuffle and flips are seeded by (seed, e) alone, so a run resumed
+    at epoch e meets the batches an uninterrupted run meets. With
+    `deterministic`, the parallel reads and decodes also keep their order
+    (slightly slower); otherwise whichever element is ready first goes first.
+    """
+    num_classes, paths = manifest.num_classes, manifest.shard_paths
+
+    def one_epoch(epoch):
+        epoch_seed = seed * 1_000_003 + epoch
+        files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=epoch_seed)
+        dataset = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(paths), 8),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
+        )
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=epoch_seed)
+        dataset = dataset.map(
+            lambda serialized: preprocess_for_train(
+                records.parse_examples(serialized, num_classes), image_size, random_flip, epoch_seed),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
+        )
+        return dataset.batch(batch_size)  # batches never straddle two epochs
+
+    # Python ints as seeds (tf.data's shuffle takes a tensor seed badly), so one dataset per epoch, chained.
+    dataset = one_epoch(first_epoch)
+    for epoch in range(first_epoch + 1, epochs):
+        dataset = dataset.concatenate(one_epoch(epoch))
+    if first_epoch >= epochs:
+        dataset = dataset.take(0)
+    num_batches = (epochs - first_epoch) * batches_per_epoch(manifest, batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(AUTOTUNE)
+
+
+def batches_per_epoch(manifest, batch_size):
+    return -(-manifest.num_examples // batch_size)
 
 
 def with_index_as_input(dataset):
@@ -85,7 +110,7 @@ def make_eval_dataset(manifest, image_size, batch_size):
 def _batch(dataset, manifest, batch_size):
     # TFRecord files hide their size; stating it lets Keras draw a full
     # progress bar from the first epoch, and fails loudly if a shard is short.
-    num_batches = -(-manifest.num_examples // batch_size)
+    num_batches = batches_per_epoch(manifest, batch_size)
     return dataset.batch(batch_size).apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(AUTOTUNE)
 
 
@@ -111,7 +136,7 @@ def read_labels(manifest):
             for key in spec:
                 parts[key].append(batch[key])
     except tf.errors.OpError as error:
-        raise DataError(f"cannot read the shards of {manifest.directory}: {error.message}") from None
+        raise explain_read_error(manifest, error) from None
     num_examples = manifest.num_examples
     order = np.concatenate(parts["example/index"]) if parts["example/index"] else np.zeros(0, np.int64)
     if len(order) != num_examples or not np.array_equal(np.sort(order), np.arange(num_examples)):
@@ -130,3 +155,48 @@ def read_labels(manifest):
     # -1 marks an observed negative (datasets made with --observed_negatives).
     labels.check_label_matrix(observed, f"{manifest.directory}: label/observed", allowed=(-1, 0, 1))
     return SplitLabels(order=order, full=full, observed=observed, image_ids=in_index_order("image/id"))
+
+
+def explain_read_error(manifest, error):
+    """A DataError naming what failed to read: the damaged shard, or the images (by image/id) that do not decode.
+
+    Only called once reading has failed, so it can afford to look at every shard again.
+    """
+    for path in manifest.shard_paths:
+        problem = _shard_problem(path, manifest.num_classes)
+        if problem:
+            return DataError(f"{path} is damaged ({problem}); convert the dataset again, which rewrites it")
+    bad = _undecodable_images(manifest)
+    if bad:
+        shown = ", ".join(image_id.decode() for image_id in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        return DataError(f"{len(bad)} image(s) in {manifest.directory} do not decode: {shown}")
+    return DataError(f"reading {manifest.directory} failed: {error.message.splitlines()[0]}")
+
+
+def _shard_problem(path, num_classes):
+    """Why the records of one shard cannot be read or parsed (CRC, truncation, a label of the wrong length), or None."""
+    spec = records.feature_spec(num_classes)
+    del spec["image/encoded"]
+    try:
+        for _ in tf.data.TFRecordDataset(path).batch(LABEL_BATCH).map(lambda s: tf.io.parse_example(s, spec)):
+            pass
+    except tf.errors.OpError as error:
+        return error.message.splitlines()[0]
+    return None
+
+
+def _undecodable_images(manifest):
+    """The image/ids whose bytes do not decode: those an error-skipping decode pass does not return."""
+    spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string), "image/id": tf.io.FixedLenFeature([], tf.string)}
+
+    def decode(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        image = tf.io.decode_image(example["image/encoded"], channels=3, expand_animations=False)
+        return example["image/id"], tf.shape(image)
+
+    records_ = tf.data.TFRecordDataset(manifest.shard_paths)
+    every = [example_id for example_id in records_.map(lambda s: tf.io.parse_single_example(s, spec)["image/id"])
+             .as_numpy_iterator()]
+    decoded = {image_id for image_id, _ in records_.map(decode, num_parallel_calls=AUTOTUNE).ignore_errors()
+               .as_numpy_iterator()}
+    return [image_id for image_id in every if image_id not in decoded]

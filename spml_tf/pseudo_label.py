@@ -60,6 +60,14 @@ class APLCallback(keras.callbacks.Callback):
         self.initial_unannotated = (bank.numpy() == 0.0).sum(axis=0)
         self.rounds = []
 
+    def get_state(self):
+        return {"rounds": self.rounds, "initial_unannotated": self.initial_unannotated.tolist()}
+
+    def set_state(self, state):
+        """Continues a resumed run: its rounds so far, and the counts of unannotated labels it started with."""
+        self.rounds = list(state["rounds"])
+        self.initial_unannotated = np.asarray(state["initial_unannotated"], np.int64)
+
     def on_epoch_end(self, epoch, logs=None):
         epoch += 1  # SPEC counts epochs from 1
         # The round after the last epoch would change labels nothing trains on.

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import datasets, evaluation, losses, metrics, models, pipeline, pseudo_label
-from spml_tf.errors import DataError, UsageError
+from spml_tf import checkpoint, datasets, evaluation, losses, metrics, models, pipeline, pseudo_label
+from spml_tf.errors import UsageError
 from spml_tf.label_bank import LabelBank
 
 RESULTS = "results.json"
@@ -34,6 +34,8 @@ def train_and_evaluate(config, log=print, verbose=1):
     model_dir = config.model_dir or default_model_dir(config)
     config = dataclasses.replace(config, model_dir=model_dir)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:  # same results run after run, and a resumed run equal to an uninterrupted one
+        tf.config.experimental.enable_op_determinism()
 
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
@@ -41,8 +43,16 @@ def train_and_evaluate(config, log=print, verbose=1):
     train_labels = pipeline.read_labels(splits.train)
     val_labels = pipeline.read_labels(splits.val)
     test_labels = pipeline.read_labels(splits.test) if splits.test else None
+    # A run killed earlier in this model_dir continues from its last complete epoch.
+    resumed = checkpoint.latest(model_dir)
+    run_identity = checkpoint.identity(config, splits.class_names)
+    if resumed:
+        resumed.check_matches(run_identity)
+    first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
     size, batch = config.image_size, config.batch_size
-    train_ds = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed)
+    train_ds = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed,
+                                           epochs=config.epochs, first_epoch=first_epoch,
+                                           deterministic=config.deterministic)
     train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
     val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
     test_ds = pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None
@@ -66,8 +76,13 @@ def train_and_evaluate(config, log=print, verbose=1):
         loss=losses.LabelBankLoss(losses.from_config(config), bank),
     )
 
+    if resumed:
+        resumed.restore_model(trainer, bank)
+        log(f"Resuming {model_dir} after epoch {resumed.epoch}" + (" (early stopping had ended it)"
+                                                                    if resumed.finished else ""))
+
     # Callbacks: validation mAP first (early stopping and checkpointing read it),
-    # then APL, then the ones that only record.
+    # then APL, then the ones that only record, then the checkpoint of it all.
     summary = evaluation.EpochSummary(config.epochs, log=log)
     # Cole et al.'s "observed" variant selects on the single-positive val labels.
     val_targets = val_labels.full if config.val_set_variant == "clean" else np.maximum(val_labels.observed, 0)
@@ -78,21 +93,28 @@ def train_and_evaluate(config, log=print, verbose=1):
         apl = pseudo_label.APLCallback(model, bank, train_eval_ds, train_labels.order,
                                        train_labels.full if full_known else None, config)
         callbacks.append(apl)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=config.patience,
+                                                   restore_best_weights=True, verbose=0)
+    best_checkpoint = keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor="val_map",
+                                                      mode="max", save_best_only=True, save_weights_only=True)
     callbacks += [
-        keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=config.patience,
-                                      restore_best_weights=True, verbose=0),
-        keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor="val_map", mode="max",
-                                        save_best_only=True, save_weights_only=True),
+        checkpoint.StopOnNaN(model_dir),
+        early_stopping,
+        best_checkpoint,
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"), write_graph=False),
     ]
     if verbose:  # placed before the summary, so the progress bar ends its line first
         callbacks.append(keras.callbacks.ProgbarLogger())
     callbacks.append(summary)
+    callbacks.append(checkpoint.Checkpointing(model_dir, bank, run_identity, summary, apl, early_stopping,
+                                              best_checkpoint, resumed))
     try:
-        trainer.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        trainer.fit(train_ds, epochs=config.epochs, initial_epoch=first_epoch, callbacks=callbacks,
+                    verbose=verbose, shuffle=False,
+                    steps_per_epoch=pipeline.batches_per_epoch(splits.train, batch))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         # A corrupt shard or an image that does not decode surfaces here.
-        raise DataError(f"reading the data of {config.dataset} failed: {error.message.splitlines()[0]}") from None
+        raise pipeline.explain_read_error(splits.train, error) from None
 
     # Evaluate the best epoch (EarlyStopping restored its weights) on val and test,
     # against full labels wherever they are known.

@@ -73,7 +73,7 @@ def test_trains_from_the_command_line(tiny_digits_dir, tmp_path):
 
 
 def test_an_image_that_does_not_decode_is_a_data_error(tmp_path):
-    """A record whose image bytes are not an image stops training with exit code 1, not a traceback."""
+    """A record whose image bytes are not an image stops training with exit code 1 and its image/id, no traceback."""
     import numpy as np
     import tensorflow as tf
 
@@ -89,7 +89,7 @@ def test_an_image_that_does_not_decode_is_a_data_error(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     lines = _error_lines(result.stderr)
-    assert len(lines) == 1 and "reading the data of voc failed" in lines[0]
+    assert len(lines) == 1 and "do not decode: broken.jpg" in lines[0]  # named by its image/id
 
 
 def test_a_failed_start_leaves_no_run_directory(tmp_path):

@@ -33,15 +33,39 @@ def test_eval_dataset_is_ordered_and_complete(splits):
     np.testing.assert_array_equal(np.sort(indices), np.arange(splits.val.num_examples))
 
 
+def _epochs(dataset, manifest, batch_size):
+    """The index order of each epoch of a multi-epoch train dataset."""
+    per_epoch = pipeline.batches_per_epoch(manifest, batch_size)
+    batches = [index.numpy() for _, index in dataset]
+    return [np.concatenate(batches[i : i + per_epoch]) for i in range(0, len(batches), per_epoch)]
+
+
 def test_train_dataset_sees_every_example_once_per_epoch(splits):
-    dataset = pipeline.make_train_dataset(splits.train, 32, 16, random_flip=True, seed=0)
-    for _ in range(2):
-        batches = list(dataset)
-        indices = np.concatenate([index.numpy() for _, index in batches])
-        np.testing.assert_array_equal(np.sort(indices), np.arange(splits.train.num_examples))
-        assert batches[0][0].shape[1:] == (32, 32, 3)
-        assert 0.0 <= float(tf.reduce_min(batches[0][0])) and float(tf.reduce_max(batches[0][0])) <= 255.0
+    dataset = pipeline.make_train_dataset(splits.train, 32, 16, random_flip=True, seed=0, epochs=3)
+    epochs = _epochs(dataset, splits.train, 16)
+    assert len(epochs) == 3
+    for order in epochs:
+        np.testing.assert_array_equal(np.sort(order), np.arange(splits.train.num_examples))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
+    images, _ = next(iter(dataset))
+    assert images.shape[1:] == (32, 32, 3)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
     assert len(splits.train.shards) > 1  # the interleave really mixes several shards
+
+
+def test_a_resumed_train_dataset_meets_the_same_batches(splits):
+    """Deterministic: epoch e depends on (seed, e) only, so starting at epoch 2 gives epochs 2 and 3 unchanged."""
+    def images_and_order(first_epoch):
+        dataset = pipeline.make_train_dataset(splits.train, 16, 16, random_flip=True, seed=7, epochs=3,
+                                              first_epoch=first_epoch, deterministic=True)
+        batches = list(dataset)
+        return np.concatenate([i.numpy() for i, _ in batches]), np.concatenate([x.numpy() for _, x in batches])
+
+    whole_images, whole_order = images_and_order(0)
+    resumed_images, resumed_order = images_and_order(1)
+    n = splits.train.num_examples
+    np.testing.assert_array_equal(resumed_order, whole_order[n:])
+    np.testing.assert_array_equal(resumed_images, whole_images[n:])  # flips included
 
 
 def test_read_labels_matches_the_build(splits):
