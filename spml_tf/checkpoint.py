@@ -128,11 +128,10 @@ class Checkpointing(keras.callbacks.Callback):
     counters there).
     """
 
-    def __init__(self, model_dir, bank, run_identity, summary, apl, early_stopping, best_checkpoint, resumed=None):
+    def __init__(self, model_dir, bank, run_identity, summary, apl, early_stopping, resumed=None):
         super().__init__()
         self.model_dir, self.bank, self.run_identity = model_dir, bank, run_identity
-        self.summary, self.apl = summary, apl
-        self.early_stopping, self.best_checkpoint = early_stopping, best_checkpoint
+        self.summary, self.apl, self.early_stopping = summary, apl, early_stopping
         self.resumed = resumed
 
     def on_train_begin(self, logs=None):
@@ -147,7 +146,6 @@ class Checkpointing(keras.callbacks.Callback):
         self.early_stopping.best = stopping["best"]
         self.early_stopping.best_epoch = stopping["best_epoch"]
         self.early_stopping.best_weights = self.resumed.best_weights()
-        self.best_checkpoint.best = state["best_checkpoint"]
 
     def on_epoch_end(self, epoch, logs=None):
         stopping = self.early_stopping
@@ -158,7 +156,6 @@ class Checkpointing(keras.callbacks.Callback):
             "apl": self.apl.get_state() if self.apl is not None else None,
             "early_stopping": {"wait": stopping.wait, "best_epoch": stopping.best_epoch,
                                "best": None if stopping.best is None else float(stopping.best)},
-            "best_checkpoint": None if self.best_checkpoint.best is None else float(self.best_checkpoint.best),
         }
         write(self.model_dir, epoch + 1, self.model, self.bank, stopping.best_weights, state)
 

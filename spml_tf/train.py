@@ -95,19 +95,15 @@ def train_and_evaluate(config, log=print, verbose=1):
         callbacks.append(apl)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=config.patience,
                                                    restore_best_weights=True, verbose=0)
-    best_checkpoint = keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor="val_map",
-                                                      mode="max", save_best_only=True, save_weights_only=True)
     callbacks += [
         checkpoint.StopOnNaN(model_dir),
         early_stopping,
-        best_checkpoint,
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"), write_graph=False),
     ]
     if verbose:  # placed before the summary, so the progress bar ends its line first
         callbacks.append(keras.callbacks.ProgbarLogger())
     callbacks.append(summary)
-    callbacks.append(checkpoint.Checkpointing(model_dir, bank, run_identity, summary, apl, early_stopping,
-                                              best_checkpoint, resumed))
+    callbacks.append(checkpoint.Checkpointing(model_dir, bank, run_identity, summary, apl, early_stopping, resumed))
     try:
         trainer.fit(train_ds, epochs=config.epochs, initial_epoch=first_epoch, callbacks=callbacks,
                     verbose=verbose, shuffle=False,
@@ -136,7 +132,8 @@ def train_and_evaluate(config, log=print, verbose=1):
     }
     # Saved uncompiled: the training loss reads a label bank that a user of the
     # model does not have, and `keras.saving.load_model` must just work.
-    keras.Model(model.input, model.output, name=model.name).save(os.path.join(model_dir, MODEL_FILE))
+    _replace(os.path.join(model_dir, MODEL_FILE), keras.Model(model.input, model.output, name=model.name).save)
+    _replace(os.path.join(model_dir, BEST_WEIGHTS), trainer.save_weights)  # the training model's, ROLE's estimator too
     np.save(os.path.join(model_dir, LABEL_BANK), bank.numpy())  # the final labels, pseudo-negatives included
     _write_json(os.path.join(model_dir, RESULTS), results)
     log(format_results(results))
@@ -165,6 +162,14 @@ def format_results(results):
     for key in results["val"]:
         lines.append(f"{key:<16}{results['val'][key]:>8.2f}" + (f"{test[key]:>8.2f}" if test else ""))
     return "\n".join(lines)
+
+
+def _replace(path, save):
+    """save(temporary path) then rename over `path`: a kill leaves the old file or the new one, never half of one."""
+    name, extension = os.path.basename(path).split(".", 1)
+    temporary = os.path.join(os.path.dirname(path), f"{name}-partial.{extension}")  # Keras checks the extension
+    save(temporary)
+    os.replace(temporary, path)
 
 
 def _write_json(path, data):
