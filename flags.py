@@ -14,7 +14,7 @@ flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord split
 flags.DEFINE_string("model_dir", None, "Where results.json, weights and TensorBoard logs go (default: runs/...).")
 flags.DEFINE_enum("loss", None, config_lib.LOSSES, "Training loss (default em_apl).")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
-flags.DEFINE_integer("batch_size", None, "Global batch size.")
+flags.DEFINE_integer("batch_size", None, "GLOBAL batch size, split evenly over the replicas (GPUs x workers).")
 flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
 flags.DEFINE_float("alpha", None, "EM: weight of the entropy term on unannotated labels.")
 flags.DEFINE_float("beta", None, "APL: weight of the loss on negative pseudo-labels.")
@@ -39,6 +39,13 @@ flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement befor
 flags.DEFINE_boolean("deterministic", None, "TensorFlow op determinism and an ordered input pipeline: the same "
                      "command gives the same results, and a resumed run the results of an uninterrupted one "
                      "(a little slower).")
+flags.DEFINE_enum("strategy", None, config_lib.STRATEGIES,
+                  "auto: MirroredStrategy over every visible GPU when there are several, else one device; "
+                  "multi_worker: MultiWorkerMirroredStrategy configured from TF_CONFIG (see README).")
+flags.DEFINE_enum("precision", None, config_lib.PRECISIONS,
+                  "float32, or a mixed policy (mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent "
+                  "CPUs/GPUs); losses and metrics stay float32.")
+flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step.")
 flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
@@ -49,7 +56,7 @@ CONFIG_FLAGS = (
     "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",
     "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
     "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
-    "random_flip", "seed", "patience", "deterministic",
+    "random_flip", "seed", "patience", "deterministic", "strategy", "precision", "jit_compile",
 )
 
 FLAGS = flags.FLAGS

@@ -29,8 +29,8 @@ STATE = "state.json"
 WEIGHTS = "trainer.weights.h5"
 BANK = "label_bank.npy"
 BEST_WEIGHTS = "best_weights.npz"
-# What may change between a run and its resumption; everything else must match.
-MAY_DIFFER = ("model_dir", "data_dir")
+# What may change between a run and its resumption (a resumed run may have lost a GPU); the rest must match.
+MAY_DIFFER = ("model_dir", "data_dir", "strategy", "jit_compile")  # where and how fast, not what
 
 
 def identity(config, class_names):

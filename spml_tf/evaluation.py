@@ -6,28 +6,44 @@ import keras
 from spml_tf import metrics
 
 
-def predict_probabilities(model, dataset, order):
-    """Sigmoid scores of every example of an eval dataset, rows in example-index order."""
-    logits = model.predict(dataset, verbose=0)
-    if len(logits) != len(order):
-        raise RuntimeError(f"prediction returned {len(logits)} rows for {len(order)} examples")
-    probs = np.empty(logits.shape, dtype=np.float32)
-    probs[order] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return probs
+class Predictor:
+    """A model's probabilities for every example of an eval dataset, as rows in example-index order.
+
+    The example index travels through `predict` beside each image, so every
+    row lands where it belongs in whatever order a distribution strategy
+    returns them, and an example missing or predicted twice (sharding, a
+    partial last batch) is an error rather than a silent shift. Create it in
+    the strategy's scope: `predict` then runs on every replica.
+    """
+
+    def __init__(self, model):
+        image = keras.Input(model.input_shape[1:], name="image")
+        index = keras.Input((), dtype="int64", name="index")
+        self.model = keras.Model([image, index], [model(image), keras.layers.Identity()(index)])
+
+    def probabilities(self, dataset, num_examples):
+        """(image, index) batches in, N x C sigmoid scores out (float32, float64 sigmoid)."""
+        logits, indices = self.model.predict(dataset.map(lambda image, index: ((image, index),)), verbose=0)
+        counts = np.bincount(indices, minlength=num_examples)
+        if len(counts) != num_examples or (counts != 1).any():
+            raise RuntimeError(f"prediction returned {len(indices)} rows that do not cover examples "
+                               f"0..{num_examples - 1} exactly once")
+        probs = np.empty(logits.shape, dtype=np.float32)
+        probs[indices] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        return probs
 
 
 class ValidationMAP(keras.callbacks.Callback):
     """Adds `val_map` (mAP in percent on the validation split) to the logs after every epoch."""
 
-    def __init__(self, classifier, dataset, order, labels):
+    def __init__(self, predictor, dataset, labels):
         super().__init__()
-        self.classifier = classifier  # the image -> logits model (ROLE trains a wider one)
+        self.predictor = predictor  # of the image -> logits model (ROLE trains a wider one)
         self.dataset = dataset
-        self.order = order
         self.labels = labels
 
     def on_epoch_end(self, epoch, logs=None):
-        probs = predict_probabilities(self.classifier, self.dataset, self.order)
+        probs = self.predictor.probabilities(self.dataset, len(self.labels))
         if logs is not None:
             logs["val_map"] = metrics.mean_average_precision(self.labels, probs)
 

@@ -77,7 +77,16 @@ def make_train_dataset(manifest, image_size, batch_size, random_flip, seed, epoc
     if first_epoch >= epochs:
         dataset = dataset.take(0)
     num_batches = (epochs - first_epoch) * batches_per_epoch(manifest, batch_size)
-    return dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(AUTOTUNE)
+    return _shard_by_data(dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(AUTOTUNE))
+
+
+def _shard_by_data(dataset):
+    """Under multi-worker training each worker keeps every k-th batch of the same stream (which must then be
+    ordered the same on every worker), rather than whole shard files, which would leave workers with different
+    numbers of batches."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def batches_per_epoch(manifest, batch_size):
@@ -111,7 +120,8 @@ def _batch(dataset, manifest, batch_size):
     # TFRecord files hide their size; stating it lets Keras draw a full
     # progress bar from the first epoch, and fails loudly if a shard is short.
     num_batches = batches_per_epoch(manifest, batch_size)
-    return dataset.batch(batch_size).apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(AUTOTUNE)
+    batches = dataset.batch(batch_size).apply(tf.data.experimental.assert_cardinality(num_batches))
+    return _shard_by_data(batches.prefetch(AUTOTUNE))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,6 @@
 import numpy as np
 import keras
 
-from spml_tf import evaluation
 
 # A pseudo-negative stores -p. If p underflowed to exactly 0, -0.0 == 0 would
 # read as "unannotated" again; storing at least this keeps it marked, and
@@ -44,17 +43,16 @@ class APLCallback(keras.callbacks.Callback):
     Each round is recorded in `rounds` and in the epoch logs (`apl_*` keys).
     """
 
-    def __init__(self, classifier, bank, predict_dataset, order, full_labels, config):
-        """`order[i]` is the example index of the i-th prediction of `predict_dataset`.
+    def __init__(self, predictor, bank, predict_dataset, full_labels, config):
+        """`predictor` (an evaluation.Predictor of the classifier) scores `predict_dataset`, the training images.
 
         `full_labels` (N x C, index order) measures the pseudo-labels'
         precision; None when the true training labels are unknown.
         """
         super().__init__()
-        self.classifier = classifier
+        self.predictor = predictor
         self.bank = bank
         self.predict_dataset = predict_dataset
-        self.order = np.asarray(order)
         self.full_labels = full_labels
         self.config = config
         self.initial_unannotated = (bank.numpy() == 0.0).sum(axis=0)
@@ -73,7 +71,7 @@ class APLCallback(keras.callbacks.Callback):
         # The round after the last epoch would change labels nothing trains on.
         if epoch < self.config.warmup_epochs or epoch >= self.config.epochs:
             return
-        probs = evaluation.predict_probabilities(self.classifier, self.predict_dataset, self.order)
+        probs = self.predictor.probabilities(self.predict_dataset, self.bank.shape[0])
         before = self.bank.numpy()
         after = apl_round(
             before, probs, self.initial_unannotated, self.config.neg_proportion,

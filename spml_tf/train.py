@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import checkpoint, datasets, evaluation, losses, metrics, models, pipeline, pseudo_label
+from spml_tf import checkpoint, datasets, distribute, evaluation, losses, metrics, models, pipeline, pseudo_label
 from spml_tf.errors import UsageError
 from spml_tf.label_bank import LabelBank
 
@@ -31,11 +31,24 @@ def train_and_evaluate(config, log=print, verbose=1):
     Writes results.json, the best weights, the final model and TensorBoard logs
     under config.model_dir (a fresh directory under runs/ when empty).
     """
-    model_dir = config.model_dir or default_model_dir(config)
-    config = dataclasses.replace(config, model_dir=model_dir)
+    config = dataclasses.replace(config, model_dir=config.model_dir or default_model_dir(config))
+    placement = distribute.make_strategy(config.strategy, config.batch_size)
+    # Every worker of a multi-worker run trains the same model; the chief writes the run's files, the others
+    # theirs (checkpoints included) under model_dir/workers/<index>.
+    model_dir = config.model_dir if placement.is_chief else os.path.join(
+        config.model_dir, "workers", str(placement.worker_index))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:  # same results run after run, and a resumed run equal to an uninterrupted one
         tf.config.experimental.enable_op_determinism()
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        return _train_and_evaluate(config, placement, model_dir, log, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
+
+
+def _train_and_evaluate(config, placement, model_dir, log, verbose):
 
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
@@ -50,9 +63,10 @@ def train_and_evaluate(config, log=print, verbose=1):
         resumed.check_matches(run_identity)
     first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
     size, batch = config.image_size, config.batch_size
+    # Workers split one stream of batches between them, so each must see it in the same order.
     train_ds = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed,
                                            epochs=config.epochs, first_epoch=first_epoch,
-                                           deterministic=config.deterministic)
+                                           deterministic=config.deterministic or placement.num_workers > 1)
     train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
     val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
     test_ds = pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None
@@ -60,38 +74,42 @@ def train_and_evaluate(config, log=print, verbose=1):
     log(
         f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
         + (f"{splits.test.num_examples:,} test images" if splits.test else "no test images")
-        + f", {splits.train.num_classes} classes; loss {config.loss}"
+        + f", {splits.train.num_classes} classes; loss {config.loss}; "
+        + f"{placement.strategy.num_replicas_in_sync} replica(s), global batch {batch}"
     )
 
-    # Model and loss: the oracle trains on full labels, every other loss on observed ones.
-    model = models.build_model(config, splits.train.num_classes)
-    clean = config.loss == "full" or config.train_set_variant == "clean"
-    bank = LabelBank(train_labels.full if clean else train_labels.observed)
-    trainer = model
-    if config.loss == "role":  # ROLE also trains a label estimator, indexed by example
-        trainer = models.with_label_estimator(model, train_labels.observed, config.seed)
-        train_ds = pipeline.with_index_as_input(train_ds)
-    trainer.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=losses.LabelBankLoss(losses.from_config(config), bank),
-    )
-
-    if resumed:
-        resumed.restore_model(trainer, bank)
-        log(f"Resuming {model_dir} after epoch {resumed.epoch}" + (" (early stopping had ended it)"
-                                                                    if resumed.finished else ""))
+    # Model and loss, in the strategy's scope: the oracle trains on full labels, every other loss on observed
+    # ones. The label bank is a variable of the scope too, so every replica reads the current labels.
+    with placement.strategy.scope():
+        model = models.build_model(config, splits.train.num_classes)
+        clean = config.loss == "full" or config.train_set_variant == "clean"
+        bank = LabelBank(train_labels.full if clean else train_labels.observed)
+        trainer = model
+        if config.loss == "role":  # ROLE also trains a label estimator, indexed by example
+            trainer = models.with_label_estimator(model, train_labels.observed, config.seed)
+            train_ds = pipeline.with_index_as_input(train_ds)
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=losses.LabelBankLoss(losses.from_config(config), bank),
+            jit_compile=config.jit_compile,
+        )
+        predictor = evaluation.Predictor(model)
+        if resumed:
+            resumed.restore_model(trainer, bank)
+            log(f"Resuming {model_dir} after epoch {resumed.epoch}" + (" (early stopping had ended it)"
+                                                                        if resumed.finished else ""))
 
     # Callbacks: validation mAP first (early stopping and checkpointing read it),
     # then APL, then the ones that only record, then the checkpoint of it all.
     summary = evaluation.EpochSummary(config.epochs, log=log)
     # Cole et al.'s "observed" variant selects on the single-positive val labels.
     val_targets = val_labels.full if config.val_set_variant == "clean" else np.maximum(val_labels.observed, 0)
-    callbacks = [evaluation.ValidationMAP(model, val_ds, val_labels.order, val_targets)]
+    callbacks = [evaluation.ValidationMAP(predictor, val_ds, val_targets)]
     apl = None
     if config.loss == "em_apl":
         full_known = splits.train.full_labels_known
-        apl = pseudo_label.APLCallback(model, bank, train_eval_ds, train_labels.order,
-                                       train_labels.full if full_known else None, config)
+        apl = pseudo_label.APLCallback(predictor, bank, train_eval_ds, train_labels.full if full_known else None,
+                                       config)
         callbacks.append(apl)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=config.patience,
                                                    restore_best_weights=True, verbose=0)
@@ -115,10 +133,10 @@ def train_and_evaluate(config, log=print, verbose=1):
     # Evaluate the best epoch (EarlyStopping restored its weights) on val and test,
     # against full labels wherever they are known.
     best = max(summary.records, key=lambda record: record["val_map"])
-    val_probs = evaluation.predict_probabilities(model, val_ds, val_labels.order)
+    val_probs = predictor.probabilities(val_ds, splits.val.num_examples)
     test_metrics = None
     if test_ds is not None:
-        test_probs = evaluation.predict_probabilities(model, test_ds, test_labels.order)
+        test_probs = predictor.probabilities(test_ds, splits.test.num_examples)
         test_metrics = metrics.evaluate(test_labels.full, test_probs, config.threshold)
     results = {
         "config": dataclasses.asdict(config),

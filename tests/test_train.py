@@ -68,9 +68,9 @@ def test_observed_val_set_variant_selects_on_single_positive_labels(tiny_digits_
     seen = []
     original = evaluation.ValidationMAP.__init__
 
-    def spy(self, classifier, dataset, order, labels):
+    def spy(self, predictor, dataset, labels):
         seen.append(labels)
-        original(self, classifier, dataset, order, labels)
+        original(self, predictor, dataset, labels)
 
     monkeypatch.setattr(evaluation.ValidationMAP, "__init__", spy)
     config = _config(tiny_digits_dir, str(tmp_path), loss="em", epochs=1, val_set_variant="observed")

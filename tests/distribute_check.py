@@ -1,0 +1,91 @@
+"""Distribution checks that need the CPU split into 2 logical devices, which must happen before TensorFlow
+starts: tests/test_distribute.py runs this file in a subprocess and reads the JSON it prints last.
+
+    python tests/distribute_check.py step            mirrored step == one-device step, per loss
+    python tests/distribute_check.py train DATA DIR  a short em_apl training under MirroredStrategy
+    python tests/distribute_check.py uneven_batch    the global batch must split over the replicas
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+from spml_tf import distribute, losses  # noqa: E402
+from spml_tf.errors import UsageError  # noqa: E402
+from spml_tf.label_bank import LabelBank  # noqa: E402
+
+N, C, BATCH = 32, 5, 8
+
+
+def _data():
+    rng = np.random.RandomState(0)
+    images = rng.rand(N, 4, 4, 3).astype(np.float32)
+    observed = np.zeros((N, C), np.float32)
+    observed[rng.rand(N, C) < 0.25] = -0.3  # APL pseudo-negatives with soft targets
+    observed[np.arange(N), rng.randint(C, size=N)] = 1.0
+    return images, observed
+
+
+def _train(strategy, loss_name, steps):
+    """Loss and weights after `steps` Adam steps on global batches of BATCH, with our loss over a label bank."""
+    images, observed = _data()
+    keras.utils.set_random_seed(0)
+    hyper = {"em": {"alpha": 0.2}, "em_apl": {"alpha": 0.2, "beta": 0.02}}.get(loss_name, {})
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(C)])
+        bank = LabelBank(observed)
+        model.compile(optimizer=keras.optimizers.Adam(0.01),
+                      loss=losses.LabelBankLoss(losses.get(loss_name, **hyper), bank))
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(N))).batch(BATCH).repeat()
+    seen = []
+    count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+    history = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[count])
+    return history.history["loss"][0], model.get_weights(), len(seen)
+
+
+def step():
+    mirrored = distribute.make_strategy("mirrored", BATCH).strategy
+    assert mirrored.num_replicas_in_sync == 2
+    out = {}
+    for name in ("an", "em", "em_apl"):
+        loss_one, weights_one, _ = _train(tf.distribute.get_strategy(), name, 3)
+        loss_two, weights_two, _ = _train(mirrored, name, 3)
+        out[name] = {"loss_one_device": loss_one, "loss_mirrored": loss_two,
+                     "max_weight_difference": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights_two))}
+    return out
+
+
+def train(data_dir, model_dir):
+    from spml_tf import config as config_lib, train as train_lib
+
+    config = config_lib.from_overrides("digits", data_dir=data_dir, model_dir=model_dir, epochs=3, warmup_epochs=1,
+                                       patience=10, image_size=16, batch_size=32, strategy="mirrored")
+    results = train_lib.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    return {"apl_rounds": results["apl_rounds"], "test_map": results["test"]["map"],
+            "history": results["history"]}
+
+
+def uneven_batch():
+    try:
+        distribute.make_strategy("mirrored", 7)
+    except UsageError as error:
+        return {"error": str(error)}
+    return {"error": None}
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    result = {"step": step, "uneven_batch": uneven_batch,
+              "train": lambda: train(sys.argv[2], sys.argv[3])}[mode]()
+    print(json.dumps(result))
