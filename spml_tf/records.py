@@ -90,6 +90,8 @@ class Manifest:
     dropped: tuple = ()
     # Of the converter's inputs (ids, labels, options): a re-run with the same ones finds the split done.
     fingerprint: str = ""
+    # The side images were resized to at conversion (--resize_to); 0: the source files' own bytes.
+    resized_to: int = 0
     schema_version: int = SCHEMA_VERSION
     directory: str = ""
 

@@ -94,11 +94,11 @@ def image_problem(data):
 
 
 def write_shard(task):
-    """Writes one shard from (directory, file, examples) and returns its records.Shard.
+    """Writes one shard from (directory, file, examples, resize_to) and returns its records.Shard.
 
     examples: (path, image id, full row, observed row, example index, size seen by the check).
     """
-    directory, file, examples = task
+    directory, file, examples, resize_to = task
     final = os.path.join(directory, file)
     temporary = final + ".tmp"
     with tf.io.TFRecordWriter(temporary) as writer:
@@ -108,14 +108,22 @@ def write_shard(task):
             if len(encoded) != size:
                 raise DataError(f"{path} changed during the conversion ({size} bytes when checked, {len(encoded)} now); "
                                 "run the same command again")
+            if resize_to:
+                encoded = resized_jpeg(encoded, resize_to)
             writer.write(records.serialize_example(encoded, image_id, full, observed, index))
     tf.io.gfile.rename(temporary, final, overwrite=True)
     return records.Shard(file, len(examples), tf.io.gfile.stat(final).length, records.sha256(final))
 
 
+def resized_jpeg(encoded, side):
+    """The image resized to side x side as the training pipeline resizes it (bilinear), re-encoded as JPEG 95."""
+    image = tf.image.resize(tf.io.decode_image(encoded, channels=3, expand_animations=False), [side, side])
+    return tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), quality=95).numpy()
+
+
 def finished_shard(task):
     """The records.Shard of a shard a previous run completed (renamed into place, so whole)."""
-    directory, file, examples = task
+    directory, file, examples, _ = task
     path = os.path.join(directory, file)
     return records.Shard(file, len(examples), tf.io.gfile.stat(path).length, records.sha256(path))
 
@@ -159,12 +167,14 @@ class WorkerPool:
 
 
 def write_splits(out_dir, dataset, class_names, splits, *, skip_bad_images=False, shard_size_mb=150, workers=1,
-                 log=print, options=None):
+                 resize_to=0, log=print, options=None):
     """Writes every SplitInput of `splits` under out_dir/<split>/ and returns {split: Manifest}.
 
+    resize_to: store images resized to this side (re-encoded), instead of the source bytes.
     `options` (JSON-able) joins the fingerprint: anything else that shapes the output.
     """
-    options = {"options": options, "shard_size_mb": shard_size_mb, "skip_bad_images": skip_bad_images}
+    options = {"options": options, "shard_size_mb": shard_size_mb, "skip_bad_images": skip_bad_images,
+               "resize_to": resize_to}
     fingerprints = {split.name: split.fingerprint(dataset, class_names, options) for split in splits}
 
     # Where each split stands: done (every shard verified), planned (resume), or new.
@@ -196,7 +206,7 @@ def write_splits(out_dir, dataset, class_names, splits, *, skip_bad_images=False
             plans[split.name] = _make_plan(split, sizes, sorted(set(split.problems) | bad), shard_size_mb,
                                            fingerprints[split.name])
             _start_split(os.path.join(out_dir, split.name), plans[split.name])
-        shards = _write_shards(out_dir, pending, plans, pool)
+        shards = _write_shards(out_dir, pending, plans, pool, resize_to)
 
     for split in pending:
         plan = plans[split.name]
@@ -205,7 +215,7 @@ def write_splits(out_dir, dataset, class_names, splits, *, skip_bad_images=False
             num_classes=len(class_names), class_names=tuple(class_names),
             shards=tuple(shards[file] for file, _ in plan["shards"]), full_labels_known=split.full_labels_known,
             dropped=tuple({"image": split.ids[row], "reason": reason} for row, reason in plan["dropped"]),
-            fingerprint=plan["fingerprint"], directory=os.path.join(out_dir, split.name),
+            fingerprint=plan["fingerprint"], resized_to=resize_to, directory=os.path.join(out_dir, split.name),
         )
         manifest.write()  # the plan stays: it lets a later run repair a damaged shard
         manifests[split.name] = manifest
@@ -214,7 +224,7 @@ def write_splits(out_dir, dataset, class_names, splits, *, skip_bad_images=False
     return manifests
 
 
-def _write_shards(out_dir, splits, plans, pool):
+def _write_shards(out_dir, splits, plans, pool, resize_to):
     """{file: Shard} of every planned shard: written if missing, hashed if a previous run wrote it."""
     tasks, finished = [], []
     for split in splits:
@@ -224,10 +234,10 @@ def _write_shards(out_dir, splits, plans, pool):
             examples = [(split.paths[row], split.ids[row], split.full[row], split.observed[row], index, sizes[row])
                         for index, row in rows]
             exists = tf.io.gfile.exists(os.path.join(directory, file))  # renamed into place: whole
-            (finished if exists else tasks).append((directory, file, examples))
+            (finished if exists else tasks).append((directory, file, examples, resize_to))
     shards = {shard.file: shard for shard in pool.map(finished_shard, finished)}
     if tasks:
-        progress = Progress(sum(len(examples) for _, _, examples in tasks), "writing shards")
+        progress = Progress(sum(len(task[2]) for task in tasks), "writing shards")
         for shard in pool.map(write_shard, tasks):
             shards[shard.file] = shard
             progress.update(shard.num_examples)

@@ -56,6 +56,9 @@ def _train_and_evaluate(config, placement, model_dir, log, verbose):
     train_labels = pipeline.read_labels(splits.train)
     val_labels = pipeline.read_labels(splits.val)
     test_labels = pipeline.read_labels(splits.test) if splits.test else None
+    if splits.train.resized_to and splits.train.resized_to != config.image_size:
+        log(f"note: the images were resized to {splits.train.resized_to} at conversion; --image_size="
+            f"{config.image_size} resizes them again")
     # A run killed earlier in this model_dir continues from its last complete epoch.
     resumed = checkpoint.latest(model_dir)
     run_identity = checkpoint.identity(config, splits.class_names)

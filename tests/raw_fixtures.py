@@ -56,7 +56,7 @@ def make_voc(raw_dir, num_train=40, num_val=20, seed=0):
                 if row[other] != 1:
                     row[other] = 0  # difficult: not a positive
             values[image_id] = row
-            write_jpeg(os.path.join(root, "JPEGImages", image_id + ".jpg"), seed=number)
+            write_jpeg(os.path.join(root, "JPEGImages", image_id + ".jpg"), seed=int(image_id.replace("_", "")))
         listing = list(ids)
         rng.shuffle(listing)  # the reader must sort, not trust the file order
         for c, name in enumerate(VOC_CLASSES):

@@ -79,6 +79,7 @@ def assert_official(manifests, truth, image_root, num_negatives=0):
         assert ids == [train_files[r] for r in rows]
         np.testing.assert_array_equal(full, train_full[rows])
         np.testing.assert_array_equal(obs, observed[rows])
+        assert len(set(encoded)) == len(encoded)  # distinct images, so a mix-up would show
         for image_id, data in zip(ids, encoded):  # the source bytes, never re-encoded
             assert data == open(os.path.join(image_root, image_id), "rb").read()
     test_files, test_full = truth["test"]
@@ -326,7 +327,7 @@ def _csv_dataset(tmp_path, num_train=30, with_val=False):
     for split, count in (("train", num_train), ("val", 8 if with_val else 0), ("test", 10)):
         for i in range(count):
             image = f"{split}/img_{i:03d}.jpg"
-            raw_fixtures.write_jpeg(str(images / image), seed=hash((split, i)) % 10_000)
+            raw_fixtures.write_jpeg(str(images / image), seed={"train": 0, "val": 1000, "test": 2000}[split] + i)
             if split == "train":
                 names = [classes[rng.randint(4)]] + (["fish"] if i == 5 else [])  # a second observed positive
             else:
@@ -504,3 +505,22 @@ def test_convert_then_train_on_a_users_csv(tmp_path):
     assert results["config"]["val_set_variant"] == "observed"
     assert results["apl_rounds"] and "precision" not in results["apl_rounds"][0]  # no guesses from unknown labels
     assert results["test"]["map"] >= 0
+
+
+def test_resize_to_stores_images_at_the_training_size(tmp_path):
+    truth = raw_fixtures.make_voc(str(tmp_path / "raw"))
+    manifests = run(tmp_path, dataset="voc", raw_dir=str(tmp_path / "raw"), resize_to=6)
+    assert all(m.resized_to == 6 for m in manifests.values())
+    ids, full, _, encoded = read_back(manifests["test"])
+    assert ids == truth["test"][0]  # same images, same labels, ...
+    np.testing.assert_array_equal(full, truth["test"][1])
+    images = tf.io.decode_jpeg(encoded[0]).numpy()
+    assert images.shape == (6, 6, 3)  # ... stored at 6 x 6
+    source = tf.io.decode_jpeg(open(tmp_path / "raw" / "VOCdevkit" / "VOC2012" / "JPEGImages" / ids[0], "rb").read())
+    expected = tf.image.resize(source, [6, 6]).numpy()
+    other = tf.image.resize(tf.io.decode_jpeg(open(tmp_path / "raw" / "VOCdevkit" / "VOC2012" / "JPEGImages" / ids[1],
+                                                   "rb").read()), [6, 6]).numpy()
+    error = np.abs(images.astype(np.float32) - expected).mean()  # what training would have made of it, up to JPEG
+    assert error < 20 and error < np.abs(images.astype(np.float32) - other).mean() / 2
+    with pytest.raises(UsageError, match="--resize_to"):
+        convert.ConvertConfig(dataset="voc", raw_dir="x", resize_to=-1)

@@ -26,6 +26,15 @@ def test_decode_and_resize_eager_equals_tf_data():
                                tf.image.resize(image, [20, 20]).numpy()[..., 0].mean(), rtol=1e-6)
 
 
+def test_an_image_already_at_the_size_is_not_resized():
+    """The skipped resize is exact: bilinear resizing to the same size returns the image."""
+    image = np.random.RandomState(0).randint(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    encoded = tf.io.encode_png(image)
+    decoded = pipeline.decode_and_resize(encoded, 12).numpy()
+    np.testing.assert_array_equal(decoded, image.astype(np.float32))
+    np.testing.assert_allclose(decoded, tf.image.resize(image, [12, 12]).numpy(), atol=1e-4)
+
+
 def test_eval_dataset_is_ordered_and_complete(splits):
     labels = pipeline.read_labels(splits.val)
     indices = np.concatenate([index.numpy() for _, index in pipeline.make_eval_dataset(splits.val, 32, 16)])
