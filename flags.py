@@ -42,9 +42,9 @@ flags.DEFINE_boolean("deterministic", None, "TensorFlow op determinism and an or
 flags.DEFINE_enum("strategy", None, config_lib.STRATEGIES,
                   "auto: MirroredStrategy over every visible GPU when there are several, else one device; "
                   "multi_worker: MultiWorkerMirroredStrategy configured from TF_CONFIG (see README).")
-flags.DEFINE_enum("precision", None, config_lib.PRECISIONS,
-                  "float32, or a mixed policy (mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent "
-                  "CPUs/GPUs); losses and metrics stay float32.")
+flags.DEFINE_enum("mixed_precision", None, config_lib.MIXED_PRECISIONS,
+                  "none, or a mixed policy (mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent "
+                  "CPUs/GPUs); logits, losses and metrics stay float32.")
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step.")
 flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
@@ -56,7 +56,7 @@ CONFIG_FLAGS = (
     "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",
     "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
     "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
-    "random_flip", "seed", "patience", "deterministic", "strategy", "precision", "jit_compile",
+    "random_flip", "seed", "patience", "deterministic", "strategy", "mixed_precision", "jit_compile",
 )
 
 FLAGS = flags.FLAGS

@@ -10,7 +10,7 @@ LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl")
 LABEL_VARIANTS = ("observed", "clean")
 BACKBONES = ("resnet50", "small_cnn")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 # Seed of the single-positive observation process and of the train/val split:
 # fixed by the original code, so our observed labels equal its files.
@@ -48,7 +48,7 @@ class Config:
     threshold: float = 0.75  # for F1; the authors' recommendation for EM-trained models
     deterministic: bool = False  # op determinism and ordered input: bit-identical reruns, a little slower
     strategy: str = "auto"  # auto: mirrored over every visible GPU when there are several, else one device
-    precision: str = "float32"  # or a Keras mixed policy; losses and metrics stay float32
+    mixed_precision: str = "none"  # or a Keras mixed policy; logits, losses and metrics stay float32
     jit_compile: bool = False  # XLA-compile the training step
 
     def __post_init__(self):
@@ -79,7 +79,8 @@ class Config:
         _check(self.patience >= 0, f"--patience={self.patience} must be >= 0")
         _check(0 < self.threshold < 1, f"threshold={self.threshold} must be in (0, 1)")
         _check(self.strategy in STRATEGIES, f"--strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
-        _check(self.precision in PRECISIONS, f"--precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check(self.mixed_precision in MIXED_PRECISIONS,
+               f"--mixed_precision={self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
         if self.weights not in ("imagenet", "none"):
             _check(os.path.isfile(self.weights), f"--weights={self.weights!r} is neither 'imagenet', 'none' nor a file")
         if self.backbone == "small_cnn":

@@ -41,7 +41,7 @@ def train_and_evaluate(config, log=print, verbose=1):
     if config.deterministic:  # same results run after run, and a resumed run equal to an uninterrupted one
         tf.config.experimental.enable_op_determinism()
     policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
+    keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
     try:
         return _train_and_evaluate(config, placement, model_dir, log, verbose)
     finally:

@@ -55,10 +55,10 @@ def test_em_apl_trains_mirrored_end_to_end(tiny_digits_dir, tmp_path):
 def test_precision_policies_train_and_leave_the_global_policy_alone(tiny_digits_dir, tmp_path):
     import keras
 
-    for precision in ("mixed_bfloat16",):
+    for precision in ("mixed_bfloat16", "mixed_float16"):
         config = config_lib.from_overrides("digits", data_dir=tiny_digits_dir, model_dir=str(tmp_path / precision),
-                                           epochs=1, loss="em", image_size=16, precision=precision,
-                                           jit_compile=True)
+                                           epochs=1, loss="em", image_size=16, mixed_precision=precision,
+                                           jit_compile=precision == "mixed_bfloat16")
         results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
         assert np.isfinite(results["history"][0]["loss"]) and results["test"]["map"] > 0
         assert keras.mixed_precision.global_policy().name == "float32"
