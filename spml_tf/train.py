@@ -49,7 +49,7 @@ def train_and_evaluate(config, log=print, verbose=1):
 
 
 def _train_and_evaluate(config, placement, model_dir, log, verbose):
-
+    """The body of train_and_evaluate, run under the chosen precision policy: data, model, fit, evaluate, save."""
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
