@@ -135,31 +135,32 @@ def split_inputs(release, observed_negatives=0, log=print):
     else:
         full, observed = np.zeros_like(train.labels), train.labels
 
-    def whole(name, part, full_rows, observed_rows, known):
-        return SplitInput(name=name, paths=part.paths, ids=part.ids, full=full_rows, observed=observed_rows,
-                          full_labels_known=known, problems=tuple(sorted(problems[name].items())))
+    def take(name, part, part_full, part_observed, known, source_split, rows=None):
+        """The SplitInput of `rows` of `part` (all of them by default), its problems renumbered to match."""
+        rows = np.arange(len(part)) if rows is None else rows
+        position = {int(row): i for i, row in enumerate(rows)}
+        return SplitInput(
+            name=name, paths=tuple(part.paths[r] for r in rows), ids=tuple(part.ids[r] for r in rows),
+            full=part_full[rows], observed=part_observed[rows], full_labels_known=known,
+            problems=tuple((position[r], reason) for r, reason in sorted(problems[source_split].items())
+                           if r in position),
+        )
 
-    splits = []
+    known = release.train_labels_are_full
     if release.val is None:
         train_rows, val_rows = labels.train_val_split(len(train))
-        for name, rows in (("train", train_rows), ("val", val_rows)):
-            position = {int(row): i for i, row in enumerate(rows)}
-            splits.append(SplitInput(
-                name=name, paths=tuple(train.paths[r] for r in rows), ids=tuple(train.ids[r] for r in rows),
-                full=full[rows], observed=observed[rows], full_labels_known=release.train_labels_are_full,
-                problems=tuple((position[r], reason) for r, reason in sorted(problems["train"].items())
-                               if r in position),
-            ))
-        if not release.train_labels_are_full:
+        splits = [take("train", train, full, observed, known, "train", train_rows),
+                  take("val", train, full, observed, known, "train", val_rows)]
+        if not known:
             log(f"No --val_csv: {len(val_rows):,} of the {len(train):,} training images are held out as the "
                 "validation set. Their labels are single-positive too, so training selects epochs on observed "
                 "labels (the `observed` validation variant).")
     else:
-        splits.append(whole("train", train, full, observed, release.train_labels_are_full))
         val_observed = labels.observe_single_positive(release.val.labels, allow_empty_rows=True)
-        splits.append(whole("val", release.val, release.val.labels, val_observed, True))
+        splits = [take("train", train, full, observed, known, "train"),
+                  take("val", release.val, release.val.labels, val_observed, True, "val")]
     if release.test is not None:  # nothing is hidden at test time: observed = full
-        splits.append(whole("test", release.test, release.test.labels, release.test.labels, True))
+        splits.append(take("test", release.test, release.test.labels, release.test.labels, True, "test"))
     return splits
 
 

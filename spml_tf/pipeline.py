@@ -140,10 +140,16 @@ class SplitLabels:
     image_ids: np.ndarray  # N source ids (bytes)
 
 
+def _labels_spec(num_classes):
+    """The parsing spec of every feature but the image: labels, id and index, read without touching image bytes."""
+    spec = records.feature_spec(num_classes)
+    del spec["image/encoded"]
+    return spec
+
+
 def read_labels(manifest):
     """Reads every label of a split (no image is decoded) and checks them."""
-    spec = records.feature_spec(manifest.num_classes)
-    del spec["image/encoded"]
+    spec = _labels_spec(manifest.num_classes)
     dataset = tf.data.TFRecordDataset(manifest.shard_paths).batch(LABEL_BATCH)
     dataset = dataset.map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=AUTOTUNE)
     parts = {key: [] for key in spec}
@@ -191,8 +197,7 @@ def explain_read_error(manifest, error):
 
 def _shard_problem(path, num_classes):
     """Why the records of one shard cannot be read or parsed (CRC, truncation, a label of the wrong length), or None."""
-    spec = records.feature_spec(num_classes)
-    del spec["image/encoded"]
+    spec = _labels_spec(num_classes)
     try:
         for _ in tf.data.TFRecordDataset(path).batch(LABEL_BATCH).map(lambda s: tf.io.parse_example(s, spec)):
             pass

@@ -160,8 +160,8 @@ def write_split(directory, *, dataset, split, class_names, examples, full_labels
     return manifest
 
 
-def read_manifest(directory, convert_hint=""):
-    """Reads and checks a split's manifest against its shards; DataError naming the fix if they differ."""
+def parse_manifest(directory, convert_hint=""):
+    """The Manifest in `directory`, as written (its shards are not looked at); DataError if there is none."""
     path = os.path.join(directory, MANIFEST)
     hint = f" {convert_hint}" if convert_hint else ""
     if not tf.io.gfile.exists(path):
@@ -176,6 +176,14 @@ def read_manifest(directory, convert_hint=""):
                                "dropped": tuple(fields.get("dropped", ())), "directory": directory})
     except (ValueError, TypeError, KeyError) as error:
         raise DataError(f"{path} is not a valid manifest ({error}).{hint}") from None
+    return manifest
+
+
+def read_manifest(directory, convert_hint=""):
+    """Reads and checks a split's manifest against its shards; DataError naming the fix if they differ."""
+    manifest = parse_manifest(directory, convert_hint)
+    path, shards = os.path.join(directory, MANIFEST), manifest.shards
+    hint = f" {convert_hint}" if convert_hint else ""
     if sum(shard.num_examples for shard in shards) != manifest.num_examples:
         raise DataError(f"{path}: shard example counts do not add up to num_examples={manifest.num_examples}.{hint}")
     if len(manifest.class_names) != manifest.num_classes:

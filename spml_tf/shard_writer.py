@@ -351,18 +351,13 @@ def _verified_manifest(directory, fingerprint, have_plan, log):
     Shards that do not match (size or SHA-256) are deleted when the plan is
     there to rewrite them, and so is the manifest: the caller then resumes.
     """
-    path = os.path.join(directory, records.MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return None
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            fields = json.load(f)
-        recorded = [records.Shard(**shard) for shard in fields["shards"]]
-    except (ValueError, TypeError, KeyError):
+        recorded = records.parse_manifest(directory)
+    except DataError:
+        return None  # none, or not readable: convert the split anew
+    if recorded.fingerprint != fingerprint:
         return None
-    if fields.get("fingerprint") != fingerprint:
-        return None
-    damaged = [shard.file for shard in recorded if not _shard_matches(directory, shard)]
+    damaged = [shard.file for shard in recorded.shards if not _shard_matches(directory, shard)]
     if not damaged:
         return records.read_manifest(directory)
     if have_plan:

@@ -194,11 +194,13 @@ def _replace(path, save):
 
 
 def _write_json(path, data):
-    """Writes atomically: a crash leaves the old file or the new one, never half of one."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=2, default=_to_builtin)
-    os.replace(temporary, path)
+    """Writes atomically (see _replace)."""
+
+    def save(temporary):
+        with open(temporary, "w") as f:
+            json.dump(data, f, indent=2, default=_to_builtin)
+
+    _replace(path, save)
 
 
 def _to_builtin(value):
