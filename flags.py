@@ -46,6 +46,8 @@ flags.DEFINE_enum("mixed_precision", None, config_lib.MIXED_PRECISIONS,
                   "none, or a mixed policy (mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent "
                   "CPUs/GPUs); logits, losses and metrics stay float32.")
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step.")
+flags.DEFINE_float("worker_timeout", None, "multi_worker: seconds to wait for every worker of TF_CONFIG to start "
+                   "before giving up (default 300).")
 flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
@@ -57,6 +59,7 @@ CONFIG_FLAGS = (
     "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
     "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
     "random_flip", "seed", "patience", "deterministic", "strategy", "mixed_precision", "jit_compile",
+    "worker_timeout",
 )
 
 FLAGS = flags.FLAGS

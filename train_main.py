@@ -4,10 +4,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
-from absl import app
+from spml_tf import stopping  # noqa: E402
 
-import flags  # noqa: F401  (defines the flags)
-from spml_tf import cli, export  # export imports no TensorFlow until an export runs
+stopping.install("train_main.py")  # before TensorFlow starts its threads: they inherit the blocked signals
+
+from absl import app  # noqa: E402
+
+import flags  # noqa: E402,F401  (defines the flags)
+from spml_tf import cli, export  # noqa: E402  (export imports no TensorFlow until an export runs)
 
 
 def run():

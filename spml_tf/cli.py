@@ -5,6 +5,7 @@ import traceback
 
 from absl import flags
 
+from spml_tf import stopping
 from spml_tf.errors import DataError, TrainingError, UsageError
 
 
@@ -23,9 +24,12 @@ def flags_parser(program):
 
 def main_for(program, run):
     """An absl `main` that calls run() and turns UsageError / DataError / TrainingError into one line and
-    exit 2 / 1 / 1; with a --verbose flag set, the traceback is printed too."""
+    exit 2 / 1 / 1, and a stop by signal (stopping.Stopped) or Ctrl-C into one line and 128 + the signal; with a
+    --verbose flag set, the traceback is printed too."""
 
     def main(argv):
+        # Progress lines reach a log file or a pipe as they are printed, not when a buffer fills.
+        sys.stdout.reconfigure(line_buffering=True)
         if len(argv) > 1:
             print(f"{program}: error: unexpected arguments {argv[1:]}; flags take the form --name=value",
                   file=sys.stderr)
@@ -33,9 +37,19 @@ def main_for(program, run):
         try:
             run()
         except (UsageError, DataError, TrainingError) as error:
-            if "verbose" in flags.FLAGS and flags.FLAGS.verbose:
-                traceback.print_exc()
-            print(f"{program}: error: {error}", file=sys.stderr)
-            sys.exit(error.exit_code)
+            _report(program, f"error: {error}")
+            stopping.exit(error.exit_code)
+        except stopping.Stopped as stop:
+            _report(program, f"{stop}; {stopping.RESUME_HINT}")
+            stopping.exit(stop.exit_code)
+        except KeyboardInterrupt:
+            _report(program, f"interrupted; {stopping.RESUME_HINT}")
+            stopping.exit(130)
 
     return main
+
+
+def _report(program, message):
+    if "verbose" in flags.FLAGS and flags.FLAGS.verbose:
+        traceback.print_exc()
+    print(f"{program}: {message}", file=sys.stderr, flush=True)

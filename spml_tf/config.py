@@ -50,6 +50,7 @@ class Config:
     strategy: str = "auto"  # auto: mirrored over every visible GPU when there are several, else one device
     mixed_precision: str = "none"  # or a Keras mixed policy; logits, losses and metrics stay float32
     jit_compile: bool = False  # XLA-compile the training step
+    worker_timeout: float = 300.0  # multi_worker: seconds to wait for every worker to start
 
     def __post_init__(self):
         _check(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")
@@ -81,6 +82,7 @@ class Config:
         _check(self.strategy in STRATEGIES, f"--strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         _check(self.mixed_precision in MIXED_PRECISIONS,
                f"--mixed_precision={self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
+        _check(self.worker_timeout > 0, f"--worker_timeout={self.worker_timeout} must be positive (seconds)")
         if self.weights not in ("imagenet", "none"):
             _check(os.path.isfile(self.weights), f"--weights={self.weights!r} is neither 'imagenet', 'none' nor a file")
         if self.backbone == "small_cnn":

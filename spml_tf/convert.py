@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from spml_tf import cli
+from spml_tf import cli, image_limits
 from spml_tf.errors import UsageError
 
 DATASETS = ("voc", "coco", "nuswide", "cub", "formatted", "csv")
@@ -43,6 +43,7 @@ class ConvertConfig:
     shard_size_mb: float = 150.0
     workers: int = 1
     resize_to: int = 0  # 0: keep the source bytes
+    max_image_pixels: int = image_limits.DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         def require(condition, message):
@@ -73,6 +74,7 @@ class ConvertConfig:
         require(self.shard_size_mb > 0, f"--shard_size_mb={self.shard_size_mb} must be positive")
         require(self.workers >= 1, f"--workers={self.workers} must be at least 1")
         require(self.resize_to >= 0, f"--resize_to={self.resize_to} must be 0 (keep the source images) or a side")
+        require(self.max_image_pixels >= 1, f"--max_image_pixels={self.max_image_pixels} must be at least 1")
 
     @property
     def dataset_name(self):
@@ -144,6 +146,7 @@ def split_inputs(release, observed_negatives=0, log=print):
             full=part_full[rows], observed=part_observed[rows], full_labels_known=known,
             problems=tuple((position[r], reason) for r, reason in sorted(problems[source_split].items())
                            if r in position),
+            origin=source_split,
         )
 
     known = release.train_labels_are_full
@@ -185,7 +188,7 @@ def convert(config, log=print):
     manifests = shard_writer.write_splits(
         out_dir, release.name, release.class_names, splits, skip_bad_images=config.skip_bad_images,
         shard_size_mb=config.shard_size_mb, workers=config.workers, resize_to=config.resize_to, log=log,
-        options=options)
+        options=options, max_pixels=config.max_image_pixels)
     preset = release.name if release.name in ("voc", "coco", "nuswide", "cub") else "custom"
     log(f"Done. Train with: python train_main.py --dataset={preset} --data_dir={out_dir}")
     return manifests
@@ -225,6 +228,8 @@ def define_flags():
                          "re-encoded as JPEG 95) instead of the source bytes: training at that --image_size then "
                          "skips the resize (1.25x the images/s on our CPU, bench/input_pipeline.py). "
                          "0: keep the source files as they are.")
+    flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "An image whose header declares more pixels than this is a "
+                         "bad input (refused before it is decoded).")
     flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 

@@ -1,4 +1,6 @@
-"""The two kinds of error a user can act on, and the exit code each maps to."""
+"""The kinds of error a user can act on, the exit code each maps to, and the one line that shows one."""
+
+import re
 
 
 class UsageError(Exception):
@@ -17,3 +19,25 @@ class TrainingError(Exception):
     """Training itself failed (the loss diverged); what was saved before stays (exit code 1)."""
 
     exit_code = 1
+
+
+def reason(error):
+    """The one line of an exception worth showing a user.
+
+    For an OSError its strerror ("No space left on device"), also when HDF5
+    buried it in a longer text. For a TensorFlow
+    OpError, the line that says what failed, without the graph-location lines
+    ("Detected at node ...", "File ...") and internal tags ({{function_node ...}},
+    [[...]], [Op:...]) that TensorFlow wraps it in.
+    """
+    text = getattr(error, "message", None) or str(error)
+    hdf5 = re.search(r"error message = '([^']*)'", text)  # h5py's OSError buries the system's words in its text
+    if hdf5:
+        return hdf5[1]
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    for line in text.splitlines():
+        line = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]|\s+name:\s*$", "", line).strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node", "File ")):
+            return line
+    return type(error).__name__

@@ -1,13 +1,15 @@
 """SavedModel export for TF Serving: `python -m spml_tf.export --model_dir=RUN --export_dir=DIR`.
 
 Writes DIR/<next integer version>/ with three signatures:
-  serving_default  image_bytes: string [batch] (JPEG/PNG/GIF/BMP, any size), decoded,
+  serving_default  image_bytes: string [batch] (JPEG/PNG/GIF/BMP, any size up to a pixel
+                   limit read from the header before decoding), decoded,
                    resized and normalised inside the graph exactly as in evaluation
                    -> probabilities: float32 [batch, C] (sigmoid)
                       labels: string [batch, C], the classes whose probability
                               >= threshold, most probable first, padded with ""
   serve_images     images: float32 [batch, S, S, 3] in [0, 255] -> the same outputs
-  metadata         -> class_names: string [C], threshold: float32 [], image_size: int32 []
+  metadata         -> class_names: string [C], threshold: float32 [], image_size: int32 [],
+                      max_image_pixels: int64 []
 The class names and threshold live inside the SavedModel: serving needs
 TensorFlow only, not this package.
 """
@@ -19,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from spml_tf import cli
-from spml_tf.errors import DataError, UsageError
+from spml_tf import cli, image_limits, run_dir
+from spml_tf.errors import DataError, UsageError, reason
 
 DEFAULT_THRESHOLD = 0.75  # the authors' recommendation for EM-trained models
 
@@ -45,14 +47,25 @@ def next_version_dir(export_base):
     return os.path.join(export_base, str(max(versions(export_base), default=0) + 1))
 
 
-def export_saved_model(model, class_names, image_size, export_base, threshold=DEFAULT_THRESHOLD):
-    """Exports `model` (images in [0, 255] -> logits) for TF Serving; returns the version directory."""
+def check_max_pixels(max_pixels):
+    if max_pixels < 1:
+        raise UsageError(f"--max_image_pixels={max_pixels} must be at least 1")
+
+
+def export_saved_model(model, class_names, image_size, export_base, threshold=DEFAULT_THRESHOLD,
+                       max_pixels=image_limits.DEFAULT_MAX_PIXELS):
+    """Exports `model` (images in [0, 255] -> logits) for TF Serving; returns the version directory.
+
+    A request image whose header declares more than `max_pixels` pixels fails
+    (INVALID_ARGUMENT) before it is decoded.
+    """
     import keras
     import tensorflow as tf
 
     from spml_tf import pipeline
 
     check_threshold(threshold)
+    check_max_pixels(max_pixels)
     names = tf.constant(list(class_names), dtype=tf.string)
     if model.output_shape[-1] != len(class_names):
         raise UsageError(f"the model has {model.output_shape[-1]} outputs for {len(class_names)} class names")
@@ -66,7 +79,7 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=DE
 
     def serve_bytes(image_bytes):
         images = tf.map_fn(
-            lambda encoded: pipeline.decode_and_resize(encoded, image_size), image_bytes,
+            lambda encoded: pipeline.decode_and_resize(encoded, image_size, max_pixels), image_bytes,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
         )
         return outputs(images)
@@ -76,7 +89,8 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=DE
 
     def metadata():
         return {"class_names": names, "threshold": tf.constant(threshold, tf.float32),
-                "image_size": tf.constant(image_size, tf.int32)}
+                "image_size": tf.constant(image_size, tf.int32),
+                "max_image_pixels": tf.constant(max_pixels, tf.int64)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -90,24 +104,32 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=DE
     return version_dir
 
 
-def export_run(model_dir, export_base, threshold=DEFAULT_THRESHOLD):
+def export_run(model_dir, export_base, threshold=DEFAULT_THRESHOLD,
+               max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """Exports the model of a finished training run (its model.keras and results.json)."""
+    import zipfile
+
     import keras
 
-    from spml_tf import train
-
-    model_path = os.path.join(model_dir, train.MODEL_FILE)
-    results_path = os.path.join(model_dir, train.RESULTS)
+    model_path = os.path.join(model_dir, run_dir.MODEL_FILE)
+    results_path = os.path.join(model_dir, run_dir.RESULTS)
     for path in (model_path, results_path):
         if not os.path.exists(path):
             raise UsageError(f"{path} not found: --model_dir must be the directory of a finished training run")
-    with open(results_path) as f:
-        results = json.load(f)
+    retrain = "; train the run again (the same command resumes and rewrites it)"
+    try:
+        with open(results_path) as f:
+            results = json.load(f)
+        class_names, image_size = results["class_names"], results["config"]["image_size"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{results_path} is damaged ({error}){retrain}") from None
+    if not zipfile.is_zipfile(model_path):  # Keras says "File not found" for a truncated archive
+        raise DataError(f"{model_path} is damaged (not a complete .keras archive){retrain}")
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot load {model_path}: {error}") from None
-    return export_saved_model(model, results["class_names"], results["config"]["image_size"], export_base, threshold)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise DataError(f"{model_path} does not load ({reason(error)}){retrain}") from None
+    return export_saved_model(model, class_names, image_size, export_base, threshold, max_pixels)
 
 
 def define_flags():
@@ -115,13 +137,18 @@ def define_flags():
     flags.DEFINE_string("model_dir", None, "Directory of a finished training run.")
     flags.DEFINE_string("export_dir", None, "TF Serving model base path; the next integer version is written.")
     flags.DEFINE_float("serving_threshold", DEFAULT_THRESHOLD, "Probability from which a class is in `labels`.")
+    flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "Requests whose image header "
+                         "declares more pixels than this fail (INVALID_ARGUMENT) before the image is decoded.")
 
 
 def run():
     FLAGS = flags.FLAGS
     if not FLAGS.model_dir or not FLAGS.export_dir:
         raise UsageError("--model_dir and --export_dir are required")
-    print(f"Exported to {export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.serving_threshold)}")
+    check_threshold(FLAGS.serving_threshold)
+    check_max_pixels(FLAGS.max_image_pixels)
+    version_dir = export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.serving_threshold, FLAGS.max_image_pixels)
+    print(f"Exported to {version_dir}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,20 @@ import numpy as np
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
+def caffe_preprocessing(name="normalize"):
+    """RGB in [0, 255] -> BGR minus the ImageNet mean, as a frozen 1x1 convolution: a built-in layer, so a saved
+    model loads with plain Keras (`safe_mode=True`, no class of ours). Exact: each output is one input times 1."""
+    permutation = np.zeros((1, 1, 3, 3), np.float32)
+    permutation[0, 0, [2, 1, 0], [0, 1, 2]] = 1.0  # output channel j takes input channel 2 - j
+    return keras.layers.Conv2D(3, 1, name=name, trainable=False,
+                               kernel_initializer=keras.initializers.Constant(permutation),
+                               bias_initializer=keras.initializers.Constant(-np.asarray(CAFFE_BGR_MEAN)))
+
+
 @keras.saving.register_keras_serializable(package="spml_tf")
 class Normalize(keras.layers.Layer):
-    """'caffe': RGB -> BGR minus the ImageNet mean; 'unit': scale to [0, 1]."""
+    """The normalisation layer of runs saved by spml-tf 0.1, kept so that their model.keras still loads here.
+    New models use built-in layers (caffe_preprocessing, Rescaling)."""
 
     def __init__(self, mode, **kwargs):
         super().__init__(**kwargs)
@@ -44,7 +55,7 @@ def build_model(config, num_classes):
     """Backbone + global average pooling + a linear head to `num_classes` logits."""
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), name="image")
     if config.backbone == "resnet50":
-        normalized = Normalize("caffe", name="normalize")(inputs)
+        normalized = caffe_preprocessing()(inputs)
         weights = None if config.weights == "none" else config.weights  # "imagenet" or a file path
         backbone = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=(config.image_size, config.image_size, 3), pooling="avg",
@@ -52,7 +63,7 @@ def build_model(config, num_classes):
         backbone.trainable = not config.freeze_backbone
         features = backbone(normalized, training=False if config.freeze_backbone else None)
     else:
-        features = small_cnn(Normalize("unit", name="normalize")(inputs))
+        features = small_cnn(keras.layers.Rescaling(1.0 / 255.0, name="normalize")(inputs))
     # Logits stay float32 under mixed precision: the losses need the precision.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
     return keras.Model(inputs, logits, name=f"{config.backbone}_spml")

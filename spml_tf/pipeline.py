@@ -12,22 +12,27 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import labels, records
-from spml_tf.errors import DataError
+from spml_tf import image_limits, labels, records
+from spml_tf.errors import DataError, reason
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Serialized records are shuffled before decoding: cheap to hold, and a
 # buffer of this size mixes shards that the interleave reads in parallel.
 SHUFFLE_BUFFER = 4096
 LABEL_BATCH = 4096
+REPAIR_HINT = "Convert the dataset again: the converter rewrites damaged shards"
 
 
-def decode_and_resize(encoded, image_size):
+def decode_and_resize(encoded, image_size, max_pixels=None):
     """Encoded JPEG/PNG bytes -> float32 [image_size, image_size, 3] in [0, 255].
 
     An image already at the size (converted with --resize_to) skips the
     resize, which would return it unchanged: half the CPU time per image.
+    With `max_pixels`, an image whose header declares more pixels fails before
+    it is decoded (the exported model's requests; shards were checked when converted).
     """
+    if max_pixels is not None:
+        encoded = image_limits.checked(encoded, max_pixels)
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     same_size = tf.reduce_all(tf.shape(image)[:2] == image_size)
     image = tf.cond(same_size, lambda: tf.cast(image, tf.float32),
@@ -147,8 +152,9 @@ def _labels_spec(num_classes):
     return spec
 
 
-def read_labels(manifest):
-    """Reads every label of a split (no image is decoded) and checks them."""
+def read_labels(manifest, repair_hint=REPAIR_HINT):
+    """Reads every label of a split (no image is decoded) and checks them; `repair_hint` tells how to fix a
+    damaged shard."""
     spec = _labels_spec(manifest.num_classes)
     dataset = tf.data.TFRecordDataset(manifest.shard_paths).batch(LABEL_BATCH)
     dataset = dataset.map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=AUTOTUNE)
@@ -158,7 +164,7 @@ def read_labels(manifest):
             for key in spec:
                 parts[key].append(batch[key])
     except tf.errors.OpError as error:
-        raise explain_read_error(manifest, error) from None
+        raise explain_read_error(manifest, error, repair_hint) from None
     num_examples = manifest.num_examples
     order = np.concatenate(parts["example/index"]) if parts["example/index"] else np.zeros(0, np.int64)
     if len(order) != num_examples or not np.array_equal(np.sort(order), np.arange(num_examples)):
@@ -179,7 +185,7 @@ def read_labels(manifest):
     return SplitLabels(order=order, full=full, observed=observed, image_ids=in_index_order("image/id"))
 
 
-def explain_read_error(manifest, error):
+def explain_read_error(manifest, error, repair_hint=REPAIR_HINT):
     """A DataError naming what failed to read: the damaged shard, or the images (by image/id) that do not decode.
 
     Only called once reading has failed, so it can afford to look at every shard again.
@@ -187,12 +193,12 @@ def explain_read_error(manifest, error):
     for path in manifest.shard_paths:
         problem = _shard_problem(path, manifest.num_classes)
         if problem:
-            return DataError(f"{path} is damaged ({problem}); convert the dataset again, which rewrites it")
+            return DataError(f"{path} is damaged ({problem}). {repair_hint}")
     bad = _undecodable_images(manifest)
     if bad:
         shown = ", ".join(image_id.decode() for image_id in bad[:10]) + (" ..." if len(bad) > 10 else "")
         return DataError(f"{len(bad)} image(s) in {manifest.directory} do not decode: {shown}")
-    return DataError(f"reading {manifest.directory} failed: {error.message.splitlines()[0]}")
+    return DataError(f"reading {manifest.directory} failed: {reason(error)}")
 
 
 def _shard_problem(path, num_classes):
@@ -202,7 +208,7 @@ def _shard_problem(path, num_classes):
         for _ in tf.data.TFRecordDataset(path).batch(LABEL_BATCH).map(lambda s: tf.io.parse_example(s, spec)):
             pass
     except tf.errors.OpError as error:
-        return error.message.splitlines()[0]
+        return reason(error)
     return None
 
 

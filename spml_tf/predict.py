@@ -1,7 +1,10 @@
 """Labels for image files from an exported SavedModel: `python -m spml_tf.predict --saved_model=DIR a.jpg ...`.
 
 Needs TensorFlow only. DIR is a version directory or a TF Serving base path
-(then the highest version is used).
+(then the highest version is used). Every input is predicted on its own: one
+that is missing, a directory, unreadable, too large or not an image gets one
+line on stderr, the others are still predicted, and the exit code is 1 if any
+failed.
 """
 
 import os
@@ -11,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from spml_tf import export
+from spml_tf import export, image_limits
+from spml_tf.errors import reason
 
 
 def resolve_version(path):
@@ -26,8 +30,25 @@ def resolve_version(path):
     return os.path.join(path, str(max(found)))
 
 
-def predict_files(saved_model_dir, paths, top_k=None):
-    """Yields (path, [(class, probability), ...] most probable first, or None if the file is no image).
+def read_image_file(path, max_pixels):
+    """(bytes, None), or (None, why the file cannot be predicted): missing, a directory, unreadable, too large."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return None, "does not exist"
+    if tf.io.gfile.isdir(path):
+        return None, "is a directory, not an image file"
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except tf.errors.OpError as error:
+        return None, f"cannot be read ({reason(error)})"
+    problem = image_limits.problem(data, max_pixels)
+    return (None, problem) if problem else (data, None)
+
+
+def predict_files(saved_model_dir, paths, top_k=None, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
+    """Yields (path, [(class, probability), ...] most probable first, None) or (path, None, why it failed).
 
     Lists the classes at or above the model's threshold, or the top_k ones.
     One request per file, so one bad file does not hide the others' results.
@@ -40,46 +61,53 @@ def predict_files(saved_model_dir, paths, top_k=None):
     threshold = float(metadata["threshold"].numpy())
     serve = loaded.signatures["serving_default"]
     for path in paths:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            encoded = tf.constant([f.read()])
+        data, problem = read_image_file(path, max_pixels)
+        if problem:
+            yield path, None, problem
+            continue
         try:
-            row = serve(image_bytes=encoded)["probabilities"].numpy()[0]
+            row = serve(image_bytes=tf.constant([data]))["probabilities"].numpy()[0]
         except tf.errors.InvalidArgumentError:
-            yield path, None
+            yield path, None, "is not a decodable JPEG/PNG/GIF/BMP image"
             continue
         ranked = sorted(zip(names, row.tolist()), key=lambda pair: -pair[1])
-        yield path, (ranked[:top_k] if top_k else [pair for pair in ranked if pair[1] >= threshold])
+        yield path, (ranked[:top_k] if top_k else [pair for pair in ranked if pair[1] >= threshold]), None
 
 
 def define_flags():
     flags.DEFINE_string("saved_model", None, "Exported SavedModel (version directory or base path).")
     flags.DEFINE_integer("top_k", None, "Print the k most probable classes instead of those above the threshold.")
+    flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS,
+                         "Refuse an image whose header declares more pixels than this, before decoding it.")
 
 
 def main(argv):
-    import tensorflow as tf
-
+    sys.stdout.reconfigure(line_buffering=True)  # each result reaches a pipe as it is printed
     FLAGS = flags.FLAGS
     paths = argv[1:]
     if not FLAGS.saved_model or not paths:
         print("predict: error: usage: python -m spml_tf.predict --saved_model=DIR IMAGE [IMAGE ...]", file=sys.stderr)
         sys.exit(2)
-    missing = [path for path in paths if not tf.io.gfile.exists(path)]
-    if missing:
-        print(f"predict: error: no such file: {', '.join(missing)}", file=sys.stderr)
+    if FLAGS.max_image_pixels < 1 or (FLAGS.top_k is not None and FLAGS.top_k < 1):
+        print("predict: error: --max_image_pixels and --top_k must be at least 1", file=sys.stderr)
         sys.exit(2)
     failed = 0
     try:
-        for path, labels in predict_files(FLAGS.saved_model, paths, FLAGS.top_k):
-            if labels is None:
+        for path, labels, problem in predict_files(FLAGS.saved_model, paths, FLAGS.top_k, FLAGS.max_image_pixels):
+            if problem:
                 failed += 1
-                print(f"predict: error: {path} is not a decodable JPEG/PNG/GIF/BMP image", file=sys.stderr)
+                print(f"predict: error: {path} {problem}", file=sys.stderr, flush=True)
                 continue
             shown = ", ".join(f"{name} {p:.3f}" for name, p in labels) or "(no class above the threshold)"
             print(f"{path}: {shown}", flush=True)
     except FileNotFoundError as error:
         print(f"predict: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("predict: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if failed:
+        print(f"predict: {failed} of {len(paths)} input(s) failed", file=sys.stderr)
     sys.exit(1 if failed else 0)
 
 

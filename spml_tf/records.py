@@ -179,6 +179,11 @@ def parse_manifest(directory, convert_hint=""):
     return manifest
 
 
+def is_plain_name(name):
+    """A file name that stays in its directory: no separator, not '.' or '..'."""
+    return isinstance(name, str) and os.path.basename(name) == name and name not in ("", ".", "..")
+
+
 def read_manifest(directory, convert_hint=""):
     """Reads and checks a split's manifest against its shards; DataError naming the fix if they differ."""
     manifest = parse_manifest(directory, convert_hint)
@@ -190,7 +195,7 @@ def read_manifest(directory, convert_hint=""):
         raise DataError(f"{path}: {len(manifest.class_names)} class names for num_classes={manifest.num_classes}.{hint}")
     for shard in shards:
         shard_path = os.path.join(directory, shard.file)
-        if os.path.basename(shard.file) != shard.file:
+        if not is_plain_name(shard.file):
             raise DataError(f"{path}: shard name {shard.file!r} must be a plain file name inside the split directory")
         if not tf.io.gfile.exists(shard_path):
             raise DataError(f"{shard_path} is listed in {path} but missing.{hint}")

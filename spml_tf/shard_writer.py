@@ -11,16 +11,18 @@ Image bytes are stored as they are, never re-encoded.
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import records
-from spml_tf.errors import DataError
+from spml_tf import image_limits, records
+from spml_tf.errors import DataError, UsageError, reason
 from spml_tf.progress import Progress
 
 PLAN = "plan.json"
@@ -42,6 +44,12 @@ class SplitInput:
     observed: np.ndarray  # N x C in {-1, 0, 1}
     full_labels_known: bool = True
     problems: tuple = ()  # (row, reason)
+    origin: str = ""  # the split its rows were read from, when another one (val held out of train)
+
+    @property
+    def label(self):
+        """How reports name the split's rows: `val (held out of train)` for rows read from the train input."""
+        return f"{self.name} (held out of {self.origin})" if self.origin and self.origin != self.name else self.name
 
     def __len__(self):
         return len(self.ids)
@@ -60,7 +68,7 @@ class SplitInput:
 # --- Work done in the worker processes (plain functions: they are pickled by name) --------
 
 
-def check_images(items):
+def check_images(items, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """[(row, size, reason or None)] for (row, path) items: the file is read and fully decoded."""
     results = []
     for row, path in items:
@@ -71,14 +79,14 @@ def check_images(items):
             results.append((row, 0, "file not found"))
             continue
         except tf.errors.OpError as error:
-            results.append((row, 0, f"unreadable ({error.message.splitlines()[0]})"))
+            results.append((row, 0, f"unreadable ({reason(error)})"))
             continue
-        results.append((row, len(data), image_problem(data)))
+        results.append((row, len(data), image_problem(data, max_pixels)))
     return results
 
 
-def image_problem(data):
-    """Why `data` is not a decodable JPEG or PNG, or None if it is."""
+def image_problem(data, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
+    """Why `data` is not a decodable JPEG or PNG of at most `max_pixels` pixels, or None if it is one."""
     if data.startswith(JPEG_MAGIC):
         decode = lambda: tf.io.decode_jpeg(data, channels=3, ratio=8)  # noqa: E731  (ratio 8: all data read, 64x less work)
     elif data.startswith(PNG_MAGIC):
@@ -86,10 +94,13 @@ def image_problem(data):
     else:
         kind = "an empty file" if not data else f"starts with bytes {data[:8].hex()}"
         return f"not a JPEG or PNG file ({kind})"
+    too_large = image_limits.problem(data, max_pixels)  # from the header, before decoding
+    if too_large:
+        return too_large
     try:
         decode()
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        return f"does not decode ({error.message.splitlines()[0]})"
+        return f"does not decode ({reason(error)})"
     return None
 
 
@@ -167,7 +178,7 @@ class WorkerPool:
 
 
 def write_splits(out_dir, dataset, class_names, splits, *, skip_bad_images=False, shard_size_mb=150, workers=1,
-                 resize_to=0, log=print, options=None):
+                 resize_to=0, log=print, options=None, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """Writes every SplitInput of `splits` under out_dir/<split>/ and returns {split: Manifest}.
 
     resize_to: store images resized to this side (re-encoded), instead of the source bytes.
@@ -194,8 +205,8 @@ def write_splits(out_dir, dataset, class_names, splits, *, skip_bad_images=False
 
     with contextlib.closing(WorkerPool(workers)) as pool:
         # Check every image of the new splits, then report all problems at once.
-        checked = _check(new, pool)
-        problems = [(split.name, row, split.ids[row], reason)
+        checked = _check(new, pool, max_pixels)
+        problems = [(split.label, row, split.ids[row], reason)
                     for split in new for row, reason in sorted(set(split.problems) | checked[split.name][1])]
         if problems and not skip_bad_images:
             raise DataError(_report(out_dir, problems, skipping=False))
@@ -245,7 +256,7 @@ def _write_shards(out_dir, splits, plans, pool, resize_to):
     return shards
 
 
-def _check(splits, pool):
+def _check(splits, pool, max_pixels):
     """{split: (sizes, {(row, reason)})} for every image of `splits`, checked in parallel."""
     results = {split.name: (np.zeros(len(split), np.int64), set()) for split in splits}
     tasks = []
@@ -256,12 +267,13 @@ def _check(splits, pool):
         return results
     progress = Progress(sum(len(items) for _, items in tasks), "checking images")
     names = [name for name, _ in tasks]
-    for chunk, checked in pool.map(_TaggedCall(check_images), list(enumerate(items for _, items in tasks))):
+    check = _TaggedCall(functools.partial(check_images, max_pixels=max_pixels))
+    for chunk, checked in pool.map(check, list(enumerate(items for _, items in tasks))):
         sizes, bad = results[names[chunk]]
-        for row, size, reason in checked:
+        for row, size, why in checked:
             sizes[row] = size
-            if reason:
-                bad.add((row, reason))
+            if why:
+                bad.add((row, why))
         progress.update(len(checked))
     progress.close()
     return results
@@ -283,10 +295,10 @@ def _report(out_dir, problems, skipping):
     """The problems, one per line (the first MAX_REPORTED), and the file that lists them all."""
     tf.io.gfile.makedirs(out_dir)
     path = os.path.join(out_dir, REPORT)
-    lines = [f"{split}\t{image}\t{reason}" for split, _, image, reason in problems]
+    lines = [f"{split}\t{image}\t{why}" for split, _, image, why in problems]
     with tf.io.gfile.GFile(path, "w") as f:
         f.write("split\timage\treason\n" + "\n".join(lines) + "\n")
-    shown = "\n".join(f"  {split}: {image}: {reason}" for split, _, image, reason in problems[:MAX_REPORTED])
+    shown = "\n".join(f"  {split}: {image}: {why}" for split, _, image, why in problems[:MAX_REPORTED])
     more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
     if skipping:
         return (f"--skip_bad_images: dropping {len(problems)} image(s) (listed in {path} and in the manifests):\n"
@@ -317,16 +329,33 @@ def _make_plan(split, sizes, dropped, shard_size_mb, fingerprint):
 
 
 def _start_split(directory, plan):
-    """Empties the split directory of an earlier, different conversion and saves the plan."""
+    """Empties the split directory of an earlier, different conversion and saves the plan.
+
+    Only the files a conversion writes are removed; a directory holding
+    anything else is not ours, and is refused untouched.
+    """
     if tf.io.gfile.isdir(directory):
-        for name in tf.io.gfile.listdir(directory):
-            if name == records.MANIFEST or name.endswith((".tfrecord", ".tmp")) or name == PLAN:
-                tf.io.gfile.remove(os.path.join(directory, name))
+        split = os.path.basename(directory.rstrip("/"))
+        names = [name.rstrip("/") for name in tf.io.gfile.listdir(directory)]
+        foreign = [name for name in names if not _written_by_conversion(name, split)]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UsageError(f"{directory} holds files that no conversion wrote ({shown}); pass an --out_dir that "
+                             "is new, empty or an earlier conversion's. Nothing was touched")
+        for name in names:
+            tf.io.gfile.remove(os.path.join(directory, name))
     tf.io.gfile.makedirs(directory)
     temporary = os.path.join(directory, PLAN + ".tmp")
     with tf.io.gfile.GFile(temporary, "w") as f:
         json.dump(plan, f)
     tf.io.gfile.rename(temporary, os.path.join(directory, PLAN), overwrite=True)
+
+
+def _written_by_conversion(name, split):
+    """Whether a file of a split directory has the name of one a conversion writes."""
+    if name.endswith(".tmp"):
+        name = name[: -len(".tmp")]
+    return name in (records.MANIFEST, PLAN) or re.fullmatch(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.tfrecord", name)
 
 
 def _read_plan(directory, fingerprint):
@@ -363,12 +392,13 @@ def _verified_manifest(directory, fingerprint, have_plan, log):
     if have_plan:
         log(f"{os.path.basename(directory)}: {len(damaged)} shard(s) damaged or missing, rewriting them")
         for file in damaged + [records.MANIFEST]:
-            if tf.io.gfile.exists(os.path.join(directory, file)):
+            # Only names inside the split directory: a manifest naming "../x" must not delete x.
+            if records.is_plain_name(file) and tf.io.gfile.exists(os.path.join(directory, file)):
                 tf.io.gfile.remove(os.path.join(directory, file))
     return None
 
 
 def _shard_matches(directory, shard):
     path = os.path.join(directory, shard.file)
-    return (os.path.basename(shard.file) == shard.file and tf.io.gfile.exists(path)
+    return (records.is_plain_name(shard.file) and tf.io.gfile.exists(path)
             and tf.io.gfile.stat(path).length == shard.num_bytes and records.sha256(path) == shard.sha256)

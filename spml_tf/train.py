@@ -9,14 +9,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import checkpoint, datasets, distribute, evaluation, losses, metrics, models, pipeline, pseudo_label
-from spml_tf.errors import UsageError
+from spml_tf import (checkpoint, datasets, distribute, evaluation, losses, metrics, models, pipeline, pseudo_label,
+                     run_dir)
+from spml_tf.errors import TrainingError, UsageError, reason
 from spml_tf.label_bank import LabelBank
-
-RESULTS = "results.json"
-BEST_WEIGHTS = "best.weights.h5"
-MODEL_FILE = "model.keras"
-LABEL_BANK = "label_bank.npy"
+from spml_tf.run_dir import BEST_WEIGHTS, LABEL_BANK, MODEL_FILE, RESULTS
 
 
 def default_model_dir(config):
@@ -32,11 +29,12 @@ def train_and_evaluate(config, log=print, verbose=1):
     under config.model_dir (a fresh directory under runs/ when empty).
     """
     config = dataclasses.replace(config, model_dir=config.model_dir or default_model_dir(config))
-    placement = distribute.make_strategy(config.strategy, config.batch_size)
+    run_dir.check(config.model_dir)  # before any work: a file or a user's folder is refused at once
+    placement = distribute.make_strategy(config.strategy, config.batch_size, config.worker_timeout, log)
     # Every worker of a multi-worker run trains the same model; the chief writes the run's files, the others
     # theirs (checkpoints included) under model_dir/workers/<index>.
     model_dir = config.model_dir if placement.is_chief else os.path.join(
-        config.model_dir, "workers", str(placement.worker_index))
+        config.model_dir, run_dir.WORKERS, str(placement.worker_index))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:  # same results run after run, and a resumed run equal to an uninterrupted one
         tf.config.experimental.enable_op_determinism()
@@ -44,6 +42,10 @@ def train_and_evaluate(config, log=print, verbose=1):
     keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
     try:
         return _train_and_evaluate(config, placement, model_dir, log, verbose)
+    except distribute.LOST_WORKER_ERRORS as error:
+        if placement.num_workers == 1:
+            raise
+        raise placement.lost_worker(error) from None
     finally:
         keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
 
@@ -53,12 +55,22 @@ def _train_and_evaluate(config, placement, model_dir, log, verbose):
     # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
-    train_labels = pipeline.read_labels(splits.train)
-    val_labels = pipeline.read_labels(splits.val)
-    test_labels = pipeline.read_labels(splits.test) if splits.test else None
     if splits.train.resized_to and splits.train.resized_to != config.image_size:
         log(f"note: the images were resized to {splits.train.resized_to} at conversion; --image_size="
             f"{config.image_size} resizes them again")
+    # The run directory is this run's until it ends (only once the data is known to be there).
+    lock = run_dir.claim(model_dir)
+    try:
+        return _train_in(model_dir, config, placement, splits, log, verbose)
+    finally:
+        lock.release()
+
+
+def _train_in(model_dir, config, placement, splits, log, verbose):
+    """Trains in the locked `model_dir`: resume or start, fit, evaluate the best epoch, save."""
+    train_labels = splits.labels("train")
+    val_labels = splits.labels("val")
+    test_labels = splits.labels("test") if splits.test else None
     # A run killed earlier in this model_dir continues from its last complete epoch.
     resumed = checkpoint.latest(model_dir)
     run_identity = checkpoint.identity(config, splits.class_names)
@@ -73,7 +85,6 @@ def _train_and_evaluate(config, placement, model_dir, log, verbose):
     train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
     val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
     test_ds = pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None
-    os.makedirs(model_dir, exist_ok=True)  # only once the data is known to be there
     log(
         f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
         + (f"{splits.test.num_examples:,} test images" if splits.test else "no test images")
@@ -119,7 +130,7 @@ def _train_and_evaluate(config, placement, model_dir, log, verbose):
     callbacks += [
         checkpoint.StopOnNaN(model_dir),
         early_stopping,
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"), write_graph=False),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, run_dir.TENSORBOARD), write_graph=False),
     ]
     if verbose:  # placed before the summary, so the progress bar ends its line first
         callbacks.append(keras.callbacks.ProgbarLogger())
@@ -131,7 +142,7 @@ def _train_and_evaluate(config, placement, model_dir, log, verbose):
                     steps_per_epoch=pipeline.batches_per_epoch(splits.train, batch))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         # A corrupt shard or an image that does not decode surfaces here.
-        raise pipeline.explain_read_error(splits.train, error) from None
+        raise pipeline.explain_read_error(splits.train, error, splits.repair_hint) from None
 
     # Evaluate the best epoch (EarlyStopping restored its weights) on val and test,
     # against full labels wherever they are known.
@@ -151,12 +162,7 @@ def _train_and_evaluate(config, placement, model_dir, log, verbose):
                                 config.threshold),
         "test": test_metrics,
     }
-    # Saved uncompiled: the training loss reads a label bank that a user of the
-    # model does not have, and `keras.saving.load_model` must just work.
-    _replace(os.path.join(model_dir, MODEL_FILE), keras.Model(model.input, model.output, name=model.name).save)
-    _replace(os.path.join(model_dir, BEST_WEIGHTS), trainer.save_weights)  # the training model's, ROLE's estimator too
-    np.save(os.path.join(model_dir, LABEL_BANK), bank.numpy())  # the final labels, pseudo-negatives included
-    _write_json(os.path.join(model_dir, RESULTS), results)
+    _save_run(model_dir, model, trainer, bank, results)
     log(format_results(results))
     log(f"Results, best weights and TensorBoard logs are in {model_dir}")
     return results
@@ -185,22 +191,45 @@ def format_results(results):
     return "\n".join(lines)
 
 
+def _save_run(model_dir, model, trainer, bank, results):
+    """Writes the run's files, each atomically; TrainingError naming the file if the disk refuses one."""
+    # Saved uncompiled: the training loss reads a label bank that a user of the
+    # model does not have, and `keras.saving.load_model` must just work.
+    saves = (
+        (MODEL_FILE, keras.Model(model.input, model.output, name=model.name).save),
+        (BEST_WEIGHTS, trainer.save_weights),  # the training model's, ROLE's estimator too
+        (LABEL_BANK, lambda path: np.save(path, bank.numpy())),  # the final labels, pseudo-negatives included
+        (RESULTS, lambda path: _dump_json(path, results)),
+    )
+    for name, save in saves:
+        path = os.path.join(model_dir, name)
+        try:
+            _replace(path, save)
+        except OSError as error:
+            raise TrainingError(f"training finished but {path} could not be written ({reason(error)}); the last "
+                                "epoch's checkpoint is kept: free space and run the same command, which writes the "
+                                "files without training again") from None
+
+
 def _replace(path, save):
-    """save(temporary path) then rename over `path`: a kill leaves the old file or the new one, never half of one."""
+    """save(temporary path) then rename over `path`: a kill leaves the old file or the new one, never half of one.
+
+    A save that fails (a full disk) takes its partial temporary file with it.
+    """
     name, extension = os.path.basename(path).split(".", 1)
     temporary = os.path.join(os.path.dirname(path), f"{name}-partial.{extension}")  # Keras checks the extension
-    save(temporary)
-    os.replace(temporary, path)
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
-def _write_json(path, data):
-    """Writes atomically (see _replace)."""
-
-    def save(temporary):
-        with open(temporary, "w") as f:
-            json.dump(data, f, indent=2, default=_to_builtin)
-
-    _replace(path, save)
+def _dump_json(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=_to_builtin)
 
 
 def _to_builtin(value):

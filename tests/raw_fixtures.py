@@ -8,6 +8,8 @@ stated directly from how the files were made, not from the code under test.
 
 import json
 import os
+import struct
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -169,3 +171,11 @@ def write_csv(path, rows):
         f.write("image,labels\n")
         for image, names in rows:
             f.write(f"{image},{'|'.join(names)}\n")
+
+
+def png_header_only(width, height):
+    """A PNG's signature and IHDR chunk, nothing more: it declares a size and holds no pixel (a decoder fails on
+    it, so a size check must come first to be seen)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF))

@@ -524,3 +524,85 @@ def test_resize_to_stores_images_at_the_training_size(tmp_path):
     assert error < 20 and error < np.abs(images.astype(np.float32) - other).mean() / 2
     with pytest.raises(UsageError, match="--resize_to"):
         convert.ConvertConfig(dataset="voc", raw_dir="x", resize_to=-1)
+
+
+# --- What the converter refuses to read or to overwrite ------------------------------------------
+
+
+def test_a_csv_row_naming_a_link_out_of_the_image_root_is_bad_input(tmp_path):
+    rows, _ = _csv_dataset(tmp_path)
+    secret = tmp_path / "secret.jpg"
+    raw_fixtures.write_jpeg(str(secret), seed=99)
+    os.symlink(secret, tmp_path / "images" / "train" / "link.jpg")  # inside the root, pointing out of it
+    train = list(rows["train"])
+    train[1] = ("train/link.jpg", ["cat"])
+    raw_fixtures.write_csv(str(tmp_path / "train.csv"), train)
+    with pytest.raises(DataError) as error:
+        run(tmp_path, dataset="csv", train_csv=str(tmp_path / "train.csv"), image_root=str(tmp_path / "images"),
+            name="pets")
+    assert "train/link.jpg" in str(error.value) and f"a link to {secret}, outside the image root" in str(error.value)
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_a_link_that_stays_inside_the_image_root_is_followed(tmp_path):
+    rows, _ = _csv_dataset(tmp_path)
+    os.symlink(tmp_path / "images" / rows["train"][0][0], tmp_path / "images" / "train" / "alias.jpg")
+    train = list(rows["train"])
+    train[1] = ("train/alias.jpg", ["cat"])
+    raw_fixtures.write_csv(str(tmp_path / "train.csv"), train)
+    manifests = run(tmp_path, dataset="csv", train_csv=str(tmp_path / "train.csv"),
+                    image_root=str(tmp_path / "images"), name="pets")
+    assert manifests["train"].num_examples + manifests["val"].num_examples == len(train)
+
+
+def test_rows_held_out_of_the_train_csv_are_reported_as_train_rows(tmp_path):
+    rows, _ = _csv_dataset(tmp_path)
+    train = list(rows["train"])
+    _, val_rows = spec_split(len(train))
+    held_out = int(val_rows[0])
+    train[held_out] = ("train/missing.jpg", ["cat"])
+    raw_fixtures.write_csv(str(tmp_path / "train.csv"), train)
+    with pytest.raises(DataError) as error:
+        run(tmp_path, dataset="csv", train_csv=str(tmp_path / "train.csv"), image_root=str(tmp_path / "images"),
+            name="pets")
+    assert "val (held out of train): train/missing.jpg: file not found" in str(error.value)
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path):
+    truth = raw_fixtures.make_voc(str(tmp_path / "raw"), num_train=8, num_val=4)
+    victim = tmp_path / "raw" / "VOCdevkit" / "VOC2012" / "JPEGImages" / truth["train"][0][0]
+    victim.write_bytes(raw_fixtures.png_header_only(23000, 23000))  # 23000 x 23000 declared, no pixel data at all
+    with pytest.raises(DataError) as error:
+        run(tmp_path, dataset="voc", raw_dir=str(tmp_path / "raw"))
+    assert f"{victim.name}: declares 23000 x 23000 pixels (529 megapixels), above the limit of 100 megapixels" in str(
+        error.value)
+    # A real image above a lower limit, named the same way.
+    victim.write_bytes(tf.io.encode_png(np.zeros((40, 50, 3), np.uint8)).numpy())
+    with pytest.raises(DataError, match="declares 50 x 40 pixels"):
+        run(tmp_path, dataset="voc", raw_dir=str(tmp_path / "raw"), max_image_pixels=1999)
+
+
+def test_a_split_directory_holding_other_files_is_refused_untouched(tmp_path):
+    raw_fixtures.make_voc(str(tmp_path / "raw"), num_train=8, num_val=4)
+    mine = tmp_path / "out" / "train" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my notes")
+    (tmp_path / "out" / "train" / "mine.tfrecord").write_bytes(b"my records")
+    with pytest.raises(UsageError, match="holds files that no conversion wrote"):
+        run(tmp_path, dataset="voc", raw_dir=str(tmp_path / "raw"))
+    assert mine.read_text() == "my notes" and (tmp_path / "out" / "train" / "mine.tfrecord").exists()
+
+
+def test_a_rerun_never_deletes_outside_the_split_directory(tmp_path):
+    """A manifest edited to name `../victim.txt` as a shard: the re-run's repair must not remove that file."""
+    raw_fixtures.make_voc(str(tmp_path / "raw"), num_train=8, num_val=4)
+    run(tmp_path, dataset="voc", raw_dir=str(tmp_path / "raw"))
+    victim = tmp_path / "out" / "victim.txt"
+    victim.write_text("mine")
+    path = tmp_path / "out" / "val" / records.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0]["file"] = "../victim.txt"
+    path.write_text(json.dumps(manifest))
+    run(tmp_path, dataset="voc", raw_dir=str(tmp_path / "raw"))
+    assert victim.read_text() == "mine"
+    datasets.load("voc", str(tmp_path / "out"))  # and the split was repaired

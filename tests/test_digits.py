@@ -1,9 +1,18 @@
 """The embedded digits dataset: deterministic, in the real format, observed and split by the SPEC's rules."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 
 from spml_tf import datasets, labels, pipeline
 from spml_tf.datasets import digits
+from spml_tf.errors import DataError, UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _official_train(splits):
@@ -84,3 +93,90 @@ def test_observed_negatives_are_kept_in_their_own_cache(tmp_path, monkeypatch):
     assert (train.full[train.observed == -1] == 0).all()
     full, observed, _ = _official_train(splits)
     np.testing.assert_array_equal(observed, labels.observe_single_positive(full, num_negatives=2))
+
+
+# --- The build writes only into what it owns -----------------------------------------------------
+
+def _tree(directory):
+    """{relative path: bytes} of every file under `directory`."""
+    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(directory) for name in names}
+
+
+def test_a_users_folder_is_refused_untouched(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"jpeg")
+    before = _tree(tmp_path)
+    with pytest.raises(UsageError, match="holds files the digits build did not write"):
+        digits.ensure(str(tmp_path))
+    assert _tree(tmp_path) == before
+
+
+def test_a_converted_dataset_is_refused_with_the_dataset_to_use(tiny_digits_dir, tmp_path):
+    converted = tmp_path / "pets"
+    shutil.copytree(os.path.join(tiny_digits_dir, "train"), converted / "train")
+    manifest = converted / "train" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"dataset": "digits"', '"dataset": "pets"'))
+    before = _tree(converted)
+    with pytest.raises(UsageError, match=r"holds a dataset that is not the digits build \('pets'\); did you mean "
+                                         r"--dataset=custom\?"):
+        datasets.load("digits", str(converted))
+    assert _tree(converted) == before
+
+
+def test_train_main_with_a_users_data_dir_stops_and_deletes_nothing(tmp_path):
+    """`--data_dir=.` with the default --dataset=digits, in a folder with the user's files: exit 2, all kept."""
+    (tmp_path / "thesis.tex").write_text("years of work")
+    before = _tree(tmp_path)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train_main.py"), "--data_dir=.",
+                             f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds files the digits build did not write (thesis.tex)" in result.stderr
+    assert _tree(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_an_outdated_or_half_written_build_of_its_own_is_rebuilt(tiny_digits_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(digits, "NUM_OFFICIAL_TRAIN", 50)
+    monkeypatch.setattr(digits, "NUM_TEST", 20)
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / digits.MARK).write_text("")
+    (half / "train").mkdir()
+    (half / "train" / "train-00000.tfrecord.tmp").write_bytes(b"cut short")  # killed mid-build: no VERSION
+    digits.ensure(str(half), log=lambda line: None)
+    assert datasets.load("digits", str(half)).train.num_examples == 40
+
+    legacy = tmp_path / "legacy"  # a build made before the mark existed, of an older version
+    shutil.copytree(tiny_digits_dir, legacy)
+    os.remove(legacy / digits.MARK)
+    (legacy / digits.VERSION_FILE).write_text("4 observed_negatives=0")
+    digits.ensure(str(legacy), log=lambda line: None)
+    assert datasets.load("digits", str(legacy)).train.num_examples == 40 and (legacy / digits.MARK).exists()
+
+
+def test_a_current_build_is_reused_as_it_is(tiny_digits_dir):
+    before = _tree(tiny_digits_dir)
+    digits.ensure(tiny_digits_dir, log=lambda line: pytest.fail(line))
+    assert _tree(tiny_digits_dir) == before
+
+
+def test_a_build_by_another_process_is_waited_for_then_given_up_on(tmp_path, monkeypatch):
+    directory = tmp_path / "digits"
+    directory.mkdir()
+    (directory / digits.MARK).write_text("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from spml_tf import file_lock; "
+         "lock = file_lock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)",
+         str(directory / digits.LOCK)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(digits, "BUILD_WAIT_SECONDS", 1)
+        said = []
+        with pytest.raises(DataError, match=rf"gave up after 1 s waiting for process {holder.pid} to finish building"):
+            digits.ensure(str(directory), log=said.append)
+        assert said == [f"Waiting for process {holder.pid}, which is building the digits dataset in {directory} ..."]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -2,9 +2,12 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import h5py
 import numpy as np
@@ -146,3 +149,91 @@ def test_keras_still_needs_the_multi_worker_patch():
     outcomes = _workers([sys.executable, "-c", WITHOUT_PATCH])
     assert all(code != 0 for code, _, _ in outcomes)
     assert any("PerReplica" in stderr or "Invalid reduction dimension" in stderr for _, _, stderr in outcomes)
+
+
+# --- A worker that never starts or dies: the others stop with one line, never hang ----------------------
+
+
+class _Worker:
+    """One train_main.py worker process whose output lines are collected as they come."""
+
+    def __init__(self, index, ports, args):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                     "task": {"type": "worker", "index": index}}
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "train_main.py"), "--strategy=multi_worker", *args], cwd=ROOT,
+            env={**os.environ, "TF_CONFIG": json.dumps(tf_config)}, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        self.stdout, self.stderr = [], []
+        for stream, lines in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr)):
+            threading.Thread(target=lambda s=stream, out=lines: out.extend(iter(s.readline, "")), daemon=True).start()
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.stdout):
+            assert self.process.poll() is None and time.monotonic() < deadline, "".join(self.stderr)[-3000:]
+            time.sleep(0.05)
+
+    def finish(self, timeout):
+        """(exit code, our stderr lines, seconds it took) once the process has ended."""
+        start = time.monotonic()
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"still running after {timeout} s:\n" + "".join(self.stderr)[-3000:]) from None
+        time.sleep(0.2)  # the reader threads take the last lines
+        ours = [line.rstrip("\n") for line in self.stderr if line.startswith("train_main.py:")]
+        return code, ours, time.monotonic() - start
+
+
+def _worker_args(data_dir, model_dir, *extra):
+    return [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--image_size=16", "--batch_size=32", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_worker_whose_peer_never_starts_says_so_and_gives_up(tiny_digits_dir, tmp_path, index):
+    ports = _free_ports(2)
+    worker = _Worker(index, ports, _worker_args(tiny_digits_dir, tmp_path, "--worker_timeout=4", "--epochs=2",
+                                                "--warmup_epochs=1"))
+    code, lines, _ = worker.finish(timeout=120)
+    other = 1 - index
+    assert any(f"this is worker {index} (127.0.0.1:{ports[index]}) of 2; waiting for worker {other} at "
+               f"127.0.0.1:{ports[other]} to start (up to 4 s, --worker_timeout)" in line for line in worker.stdout)
+    assert code == 1 and lines == [
+        f"train_main.py: error: gave up after 4 s waiting for worker {other} at 127.0.0.1:{ports[other]}: start each "
+        "with the same command and its own TF_CONFIG task index, or raise --worker_timeout"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_waiting_worker_stops_promptly_on_a_signal(tiny_digits_dir, tmp_path, signum):
+    worker = _Worker(0, _free_ports(2), _worker_args(tiny_digits_dir, tmp_path, "--epochs=2", "--warmup_epochs=1"))
+    worker.wait_for("waiting for worker 1")
+    worker.process.send_signal(signum)
+    code, lines, seconds = worker.finish(timeout=60)
+    assert code == 128 + signum and seconds < 15
+    assert lines == [f"train_main.py: stopped by {signal.Signals(signum).name}; what was saved stays: run the same "
+                     "command to continue"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_worker_killed_mid_training_stops_the_other_with_an_error(tiny_digits_dir, tmp_path, killed):
+    ports = _free_ports(2)
+    args = _worker_args(tiny_digits_dir, tmp_path, "--epochs=40", "--patience=40", "--loss=em")
+    workers = [_Worker(index, ports, args) for index in range(2)]
+    try:
+        workers[0].wait_for("epoch 1/40")
+        workers[killed].process.kill()
+        survivor = 1 - killed
+        code, lines, seconds = workers[survivor].finish(timeout=120)
+        assert code == 1 and len(lines) == 1, lines
+        assert lines[0].startswith(f"train_main.py: error: lost contact with worker {killed} (127.0.0.1:"
+                                   f"{ports[killed]}) during training"), lines
+        assert "start every worker again with the same command to resume" in lines[0]
+    finally:
+        for worker in workers:
+            worker.process.kill()
+            worker.process.wait()

@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import raw_fixtures
 from spml_tf import config as config_lib
 from spml_tf import datasets, export, pipeline, train
 
@@ -165,6 +167,70 @@ def test_predict_command(tiny_digits_dir, exported, tmp_path):
     result = subprocess.run(command + [paths[0], broken], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 1 and "broken.jpg is not a decodable" in result.stderr
     assert "Traceback" not in result.stderr and paths[0] in result.stdout
+
+
+def test_predict_reports_each_bad_input_and_predicts_the_rest(tiny_digits_dir, exported, tmp_path):
+    """a.png DIR missing.png huge.png b.png: both images predicted, one line per bad input, exit 1 at the end."""
+    good = []
+    for i, encoded in enumerate(_test_images(tiny_digits_dir, 2)):
+        good.append(str(tmp_path / f"{'ab'[i]}.png"))
+        open(good[-1], "wb").write(encoded)
+    folder, missing, huge = str(tmp_path / "folder"), str(tmp_path / "missing.png"), str(tmp_path / "huge.png")
+    os.mkdir(folder)
+    open(huge, "wb").write(raw_fixtures.png_header_only(23000, 23000))
+    result = subprocess.run([sys.executable, "-m", "spml_tf.predict", f"--saved_model={exported[0]}",
+                             good[0], folder, missing, huge, good[1]],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith(str(tmp_path))] == good
+    errors = [line for line in result.stderr.splitlines() if line.startswith("predict:")]
+    assert errors == [f"predict: error: {folder} is a directory, not an image file",
+                      f"predict: error: {missing} does not exist",
+                      f"predict: error: {huge} declares 23000 x 23000 pixels (529 megapixels), above the limit of "
+                      "100 megapixels (--max_image_pixels)",
+                      "predict: 3 of 5 input(s) failed"]
+
+
+def test_the_saved_model_refuses_an_image_above_its_pixel_limit(tiny_digits_dir, run_dir, tmp_path):
+    version = export.export_run(run_dir, str(tmp_path / "serving"), max_pixels=1000)
+    loaded = tf.saved_model.load(version)
+    assert int(loaded.signatures["metadata"]()["max_image_pixels"]) == 1000
+    small = _test_images(tiny_digits_dir, 1)[0]  # 24 x 24 = 576 pixels
+    assert loaded.signatures["serving_default"](image_bytes=tf.constant([small]))["probabilities"].shape == (1, 10)
+    large = tf.io.encode_png(np.zeros((40, 30, 3), np.uint8)).numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image declares\] \[30\] \[x\] \[40\] \[pixels, above "
+                                                             r"the limit of 1,000\]"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([small, large]))
+    bomb = raw_fixtures.png_header_only(23000, 23000)  # refused from its header: never decoded
+    with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([bomb]))
+    assert loaded.signatures["serving_default"](image_bytes=tf.constant([small]))["probabilities"].shape == (1, 10)
+
+
+def test_model_keras_loads_with_plain_keras_as_the_readme_says(tiny_digits_dir, run_dir, tmp_path):
+    """The README's sentence, run where spml_tf cannot be imported."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "`keras.saving.load_model(\"model.keras\", safe_mode=True)`" in readme
+    image = _test_images(tiny_digits_dir, 1)[0]
+    open(tmp_path / "image.png", "wb").write(image)
+    shutil.copy(os.path.join(run_dir, "model.keras"), tmp_path / "model.keras")
+    script = textwrap.dedent("""
+        import importlib.util
+        import keras, numpy as np, tensorflow as tf
+        assert importlib.util.find_spec("spml_tf") is None, "spml_tf must not be importable here"
+        model = keras.saving.load_model("model.keras", safe_mode=True)
+        image = tf.io.decode_png(open("image.png", "rb").read(), channels=3)
+        print(np.asarray(model(tf.cast(image, tf.float32)[None])).tolist())
+    """)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import keras
+
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), safe_mode=True)
+    expected = np.asarray(model(pipeline.decode_and_resize(image, 24)[None]))
+    np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
 
 
 def test_export_command_errors(tmp_path):

@@ -85,6 +85,11 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_digits_dir, tmp_path):
         train.train_and_evaluate(tiny_config(tiny_digits_dir, tmp_path), log=quiet, verbose=0)
 
 
+# What Checkpointing writes besides the epoch, in its smallest form.
+STATE = {"stop_training": False, "identity": {}, "history": [], "apl": None,
+         "early_stopping": {"wait": 0, "best": None, "best_epoch": 0}}
+
+
 class _Model:
     """What checkpoint.write needs of a model: weights that save."""
 
@@ -101,9 +106,9 @@ class _Bank:
 
 
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path, monkeypatch):
-    checkpoint.write(str(tmp_path), 1, _Model(), _Bank(0.0), None, {"stop_training": False})
+    checkpoint.write(str(tmp_path), 1, _Model(), _Bank(0.0), None, STATE)
     # Killed after the new checkpoint was renamed into place, before LATEST was moved:
-    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(1.0), None, {"stop_training": False})
+    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(1.0), None, STATE)
     (tmp_path / checkpoint.DIRECTORY / checkpoint.LATEST).write_text("epoch-0001\n")
     shutil.copytree(tmp_path / checkpoint.DIRECTORY / "epoch-0002", tmp_path / checkpoint.DIRECTORY / "epoch-0001")
     # ... and another one killed half-way through its weights:
@@ -119,12 +124,12 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path, 
 
     monkeypatch.setattr(checkpoint.np, "save", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.write(str(tmp_path), 3, _Model(), _Bank(2.0), None, {"stop_training": False})
+        checkpoint.write(str(tmp_path), 3, _Model(), _Bank(2.0), None, STATE)
     assert checkpoint.latest(str(tmp_path)).path.endswith("epoch-0001")
 
 
 def test_a_nan_loss_stops_naming_the_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
-    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(0.0), None, {"stop_training": False})
+    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(0.0), None, STATE)
     before = sorted(os.listdir(tmp_path / checkpoint.DIRECTORY))
     stop = checkpoint.StopOnNaN(str(tmp_path))
     stop.on_epoch_begin(2)
@@ -155,7 +160,10 @@ def test_a_corrupt_shard_is_named(tiny_digits_dir, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train_main.py"), f"--data_dir={data_dir}",
                              f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"train_main.py: error: {shard} is damaged" in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train_main.py:")]
+    assert len(lines) == 1 and lines[0].startswith(f"train_main.py: error: {shard} is damaged")
+    assert "{{" not in lines[0] and "[Op:" not in lines[0]  # TensorFlow's internal wrapping is gone
+    assert lines[0].endswith(f"Delete {data_dir}: the next run rebuilds it.")  # digits is rebuilt, not converted
 
 
 def test_a_truncated_shard_is_named(tiny_digits_dir, tmp_path):
@@ -179,6 +187,17 @@ def test_labels_of_the_wrong_length_name_the_shard(tmp_path):
                                    examples=[(image, "x.png", [1.0, 0.0, 0.0], [1.0, 0.0, 0.0])])
     with pytest.raises(DataError, match=re.escape(manifest.shard_paths[0]) + " is damaged.*label"):
         pipeline.read_labels(manifest)
+
+
+def test_a_manifest_naming_a_shard_outside_its_directory_is_refused(tiny_digits_dir, tmp_path):
+    data_dir = _copy(tiny_digits_dir, tmp_path)
+    path = data_dir / "val" / records.MANIFEST
+    manifest = json.loads(path.read_text())
+    for name in ("..", "../train/" + manifest["shards"][0]["file"]):
+        manifest["shards"][0]["file"] = name
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(DataError, match=re.escape(f"shard name {name!r} must be a plain file name")):
+            records.read_manifest(str(data_dir / "val"))
 
 
 def test_verbose_adds_the_traceback(tmp_path):

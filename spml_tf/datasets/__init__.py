@@ -16,6 +16,13 @@ class Splits:
     train: records.Manifest
     val: records.Manifest
     test: records.Manifest = None  # a user's own data may come without a test set
+    repair_hint: str = ""  # what to do about a damaged shard: rebuild (digits) or convert again
+
+    def labels(self, split):
+        """pipeline.SplitLabels of `split` ("train", "val", "test")."""
+        from spml_tf import pipeline
+
+        return pipeline.read_labels(getattr(self, split), self.repair_hint)
 
     @property
     def class_names(self):
@@ -47,7 +54,7 @@ def load(dataset, data_dir, observed_negatives=0):
         from spml_tf.datasets import digits  # only the embedded dataset needs scikit-learn
 
         digits.ensure(data_dir, observed_negatives)
-        hint = "Delete the directory to rebuild it."
+        hint = f"Delete {data_dir}: the next run rebuilds it."
     else:
         if observed_negatives:
             raise UsageError(f"--observed_negatives applies when {dataset} is converted, not when it is trained on")
@@ -70,4 +77,4 @@ def load(dataset, data_dir, observed_negatives=0):
     if dataset not in ("custom", stored):
         raise UsageError(f"{data_dir} holds {stored!r}, not {dataset!r}: pass --dataset="
                          f"{stored if stored in ('voc', 'coco', 'nuswide', 'cub', 'digits') else 'custom'}")
-    return Splits(**manifests)
+    return Splits(**manifests, repair_hint=hint)

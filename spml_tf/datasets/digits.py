@@ -8,13 +8,16 @@ the official train set (seed 1200) -> 80/20 train/val split -> TFRecord
 shards and manifests, built once into a cache directory and reused.
 """
 
+import json
 import os
+import re
 import shutil
 
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import labels, records
+from spml_tf import file_lock, labels, records
+from spml_tf.errors import DataError, UsageError, reason
 
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
 NUM_OFFICIAL_TRAIN = 6000
@@ -29,6 +32,13 @@ SCALE = 1  # pixels per scan pixel
 SEED = 0  # of the mosaics; observation and split use the SPEC's seed 1200
 VERSION = 5  # bump when the images change, so stale caches are rebuilt
 SHARD_SIZE_MB = 1  # several small shards, so training interleaves them like a real dataset
+# Written first into a directory the build owns: only such a directory (or a new or empty one) is ever written to.
+MARK = "SPML_TF_DIGITS"
+LOCK = ".lock"  # held while building, so two runs never build into the same directory at once
+BUILD_WAIT_SECONDS = 600  # a build takes about 20 s; waiting longer for another process's means it is stuck
+VERSION_FILE = "VERSION"  # written last: a directory with the current VERSION holds a complete build
+OWN_ENTRIES = ("train", "val", "test", VERSION_FILE, MARK, LOCK)
+_LEGACY_VERSION = re.compile(r"\d+ observed_negatives=\d+")  # a build made before MARK existed
 
 
 def _scan_pools():
@@ -68,7 +78,7 @@ def _examples(images, ids, full, observed):
 
 
 def build(directory, observed_negatives=0):
-    """Writes train, val and test splits into `directory` (replacing it atomically)."""
+    """Writes train, val and test splits into `directory`, which must be ours (see `ensure`)."""
     rng = np.random.RandomState(SEED)
     (train_scans, train_targets), (test_scans, test_targets) = _scan_pools()
     train_images, train_full = make_mosaics(NUM_OFFICIAL_TRAIN, train_scans, train_targets, rng)
@@ -78,36 +88,114 @@ def build(directory, observed_negatives=0):
     train_ids = np.array([f"digits_train_{i:05d}" for i in range(NUM_OFFICIAL_TRAIN)])
     test_ids = [f"digits_test_{i:05d}" for i in range(NUM_TEST)]
 
-    partial = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    for split, rows in (("train", train_idx), ("val", val_idx)):
-        records.write_split(
-            os.path.join(partial, split), dataset="digits", split=split, class_names=CLASS_NAMES,
-            examples=_examples(train_images[rows], train_ids[rows], train_full[rows], train_observed[rows]),
-            shard_size_mb=SHARD_SIZE_MB,
-        )
+    _check_own(directory)
+    os.makedirs(directory, exist_ok=True)
+    _take(directory)
+    _remove_own_build(directory)
+    splits = [(split, _examples(train_images[rows], train_ids[rows], train_full[rows], train_observed[rows]))
+              for split, rows in (("train", train_idx), ("val", val_idx))]
     # Test images carry full labels only: nothing is hidden, observed = full.
-    records.write_split(
-        os.path.join(partial, "test"), dataset="digits", split="test", class_names=CLASS_NAMES,
-        examples=_examples(test_images, test_ids, test_full, test_full), shard_size_mb=SHARD_SIZE_MB,
-    )
-    with open(os.path.join(partial, "VERSION"), "w") as f:
+    splits.append(("test", _examples(test_images, test_ids, test_full, test_full)))
+    for split, examples in splits:
+        records.write_split(os.path.join(directory, split), dataset="digits", split=split, class_names=CLASS_NAMES,
+                            examples=examples, shard_size_mb=SHARD_SIZE_MB)
+    with open(os.path.join(directory, VERSION_FILE), "w") as f:
         f.write(_version(observed_negatives))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-    os.replace(partial, directory)
 
 
 def _version(observed_negatives):
     return f"{VERSION} observed_negatives={observed_negatives}"
 
 
-def ensure(directory, observed_negatives=0):
-    """Builds the dataset into `directory` unless a complete build of this version is there."""
-    version_file = os.path.join(directory, "VERSION")
-    if os.path.exists(version_file):
-        with open(version_file) as f:
-            if f.read().strip() == _version(observed_negatives):
-                return
-    print(f"Building the embedded digits dataset in {directory} (once) ...", flush=True)
-    build(directory, observed_negatives)
+def _read_version(directory):
+    try:
+        with open(os.path.join(directory, VERSION_FILE)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def ensure(directory, observed_negatives=0, log=print):
+    """Builds the dataset into `directory` unless a complete build of this version is there.
+
+    Writes only into a new or empty directory, or one holding its own build
+    (finished, outdated or half-written); any other directory is a user's and
+    is refused with a UsageError, untouched.
+    """
+    if _read_version(directory) == _version(observed_negatives) and _is_own(directory):
+        return
+    _check_own(directory)
+    os.makedirs(directory, exist_ok=True)
+    _take(directory)  # before the lock file: the directory is never unmarked with something of ours in it
+
+    def wait(pid):
+        log(f"Waiting for process {pid}, which is building the digits dataset in {directory} ...")
+
+    try:
+        lock = file_lock.acquire(os.path.join(directory, LOCK), on_wait=wait, timeout=BUILD_WAIT_SECONDS)
+    except file_lock.Busy as busy:
+        raise DataError(f"gave up after {BUILD_WAIT_SECONDS:g} s waiting for process {busy.pid} to finish building "
+                        f"the digits dataset in {directory}; if it is stuck, stop it and run again") from None
+    with lock:
+        if _read_version(directory) == _version(observed_negatives):
+            return  # built by the process we waited for
+        log(f"Building the embedded digits dataset in {directory} (once) ...")
+        try:
+            build(directory, observed_negatives)
+        except (OSError, tf.errors.OpError) as error:  # a full disk, a file-size limit
+            raise DataError(f"could not build the digits dataset in {directory} ({reason(error)}); free space and "
+                            "run again: the half-written build is replaced") from None
+
+
+def _is_own(directory):
+    """Whether `directory` holds the digits build (marked, or a build from before the mark) and nothing else."""
+    if not os.path.isdir(directory):
+        return False
+    entries = set(os.listdir(directory))
+    if not entries <= set(OWN_ENTRIES):
+        return False
+    return MARK in entries or bool(_LEGACY_VERSION.fullmatch(_read_version(directory) or ""))
+
+
+def _check_own(directory):
+    """UsageError unless `directory` is missing, empty, or the digits build's own."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise UsageError(f"--data_dir={directory!r} is a file; the digits build needs a directory")
+    entries = os.listdir(directory)
+    if not entries or _is_own(directory):
+        return
+    stored = _stored_dataset(directory)
+    if stored:
+        raise UsageError(f"{directory} holds a dataset that is not the digits build ({stored!r}); did you mean "
+                         f"--dataset={stored if stored in ('voc', 'coco', 'nuswide', 'cub') else 'custom'}? "
+                         "Nothing in it was touched")
+    shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+    raise UsageError(f"--data_dir={directory!r} holds files the digits build did not write ({shown}); it builds "
+                     "only into a new or empty directory (or its own). Nothing in it was touched")
+
+
+def _stored_dataset(directory):
+    """The dataset named by a converted train split's manifest in `directory`, or None."""
+    try:
+        with open(os.path.join(directory, "train", records.MANIFEST)) as f:
+            return str(json.load(f)["dataset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _take(directory):
+    """Marks `directory` as the digits build's (before anything else is written into it)."""
+    path = os.path.join(directory, MARK)
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("This directory holds the embedded digits dataset of spml-tf; it may be deleted and rebuilt.\n")
+
+
+def _remove_own_build(directory):
+    """Deletes an earlier (outdated or half-written) build: only the entries the build itself writes."""
+    for name in ("train", "val", "test"):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    if os.path.exists(os.path.join(directory, VERSION_FILE)):
+        os.remove(os.path.join(directory, VERSION_FILE))

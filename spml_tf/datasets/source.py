@@ -89,11 +89,17 @@ def read_npy(path, what):
 
 
 def join(root, relative):
-    """`relative` under `root`; refuses names that climb out of it (../, absolute paths)."""
+    """`relative` under `root`; refuses names that climb out of it (../, absolute paths), and on a local disk
+    names whose symbolic links lead out of it (links are resolved before the check)."""
     normalized = os.path.normpath(relative)
     if os.path.isabs(relative) or normalized == ".." or normalized.startswith(".." + os.sep):
         raise DataError(f"image path {relative!r} must be relative to the image root and stay inside it")
-    return os.path.join(root, relative)
+    path = os.path.join(root, relative)
+    if "://" not in root:
+        real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+        if os.path.commonpath([real_root, real_path]) != real_root:
+            raise DataError(f"image path {relative!r} is a link to {real_path}, outside the image root {root}")
+    return path
 
 
 def require_dir(path, flag, expected):
