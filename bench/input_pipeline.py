@@ -11,8 +11,9 @@ as plain files (the same bytes), then measures training images/s at
   (a)  ours: `pipeline.make_train_dataset` from the shards, one epoch per pass.
        It delivers float32 images in [0, 255]: normalisation is the model's
        first layer, so it costs the input pipeline nothing.
-  (a') (a) plus the model's caffe normalisation (RGB -> BGR, minus the
-       ImageNet mean) as a map over batches, for a like-for-like comparison.
+  (a') (a) plus the model's normalisation (its first layer: ImageNet mean
+       and std, as torchvision's) as a map over batches, for a like-for-like
+       comparison.
   (a'') (a) from shards converted with `--resize_to=--image_size`: the
        images were resized (and re-encoded) once at conversion, so training
        decodes and skips the resize.
@@ -27,8 +28,9 @@ as plain files (the same bytes), then measures training images/s at
        over the same files delivered about 370 images/s, (b) about 170 and
        (b') 400-425: the pipe, not PIL, limits (b), and (b') is the fair
        stand-in for the original. Both are skipped if Pillow is missing.
-  (c)  the bare limit: the encoded bytes held in memory, `tf.io.decode_jpeg` +
-       resize + flip + mean/std normalisation, parallel map, batch, prefetch.
+  (c)  the bare limit: the encoded bytes held in memory, our decode + resize
+       (`pipeline.decode_and_resize`: PIL's pixels and filter) + flip +
+       mean/std normalisation, parallel map, batch, prefetch.
 
 Every loader gets one untimed warm-up pass (file cache, tracing, worker
 start-up, tf.data autotuning), then --repeats timed passes alternating
@@ -82,7 +84,7 @@ TARGETS = {"a/b": 3.0, "a/b'": 3.0, "a/c": 0.8}
 RATIOS = ("a/b", "a/b'", "a/c", "a'/b'", "a'/c", "a''/b'")  # informative, no target
 LOADERS = {
     "a": "ours: make_train_dataset from shards (float32 0..255, normalised in the model)",
-    "a'": "ours + caffe normalisation as a map over batches",
+    "a'": "ours + the model's ImageNet mean/std normalisation as a map over batches",
     "a''": "ours from shards converted with --resize_to=image_size (resized once at conversion)",
     "b": "original loader: PIL per file in worker processes, mean/std, sent by pipe, parent stacks",
     "b'": "original loader as DataLoader runs it: workers collate batches into shared memory",
@@ -145,18 +147,19 @@ def ours(manifest, image_size, batch_size, normalize=False):
     """(a), or (a') with `normalize`: our training pipeline, exactly as training builds it."""
     import tensorflow as tf
 
-    from spml_tf import models, pipeline
+    from spml_tf import pipeline, resnet
 
-    mean = tf.constant(models.CAFFE_BGR_MEAN, tf.float32)
+    # What the model's first layer (resnet.imagenet_normalization) computes, as constants a tf.data map can hold.
+    mean = tf.constant([255.0 * m for m in resnet.IMAGENET_MEAN])
+    std = tf.constant([255.0 * s for s in resnet.IMAGENET_STD])
 
-    def caffe(images, index):
-        # tf.reverse, as the model's keras.ops.flip: a [..., ::-1] slice costs 2.5x as much here.
-        return tf.reverse(images, axis=[-1]) - mean, index
+    def normalized(images, index):
+        return (images - mean) / std, index
 
     def batches(pass_number):
         dataset = pipeline.make_train_dataset(manifest, image_size, batch_size, random_flip=True, seed=pass_number)
         if normalize:
-            dataset = dataset.map(caffe, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+            dataset = dataset.map(normalized, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         return (images for images, _ in dataset)
 
     return batches
@@ -166,14 +169,15 @@ def bare_limit(jpegs, image_size, batch_size):
     """(c): decode, resize, flip and normalise the bytes in memory; nothing else."""
     import tensorflow as tf
 
+    from spml_tf import pipeline
+
     mean, std = tf.constant(IMAGENET_MEAN), tf.constant(IMAGENET_STD)
     # One tensor of every file's bytes, made once: copying 75 MB of Python bytes into it is no part of a pass.
     encoded = tf.constant(jpegs)
 
     def batches(pass_number):
         def preprocess(index, encoded):
-            image = tf.io.decode_jpeg(encoded, channels=3)
-            image = tf.image.resize(image, [image_size, image_size])
+            image = pipeline.decode_and_resize(encoded, image_size)
             seed = tf.stack([tf.constant(pass_number, tf.int64), index])
             image = tf.image.stateless_random_flip_left_right(image, seed=seed)
             return (image / 255.0 - mean) / std

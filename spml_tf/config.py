@@ -8,7 +8,7 @@ from spml_tf.errors import UsageError
 DATASETS = ("digits", "voc", "coco", "nuswide", "cub", "custom")
 LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl")
 LABEL_VARIANTS = ("observed", "clean")
-BACKBONES = ("resnet50", "small_cnn")
+BACKBONES = ("resnet50", "keras_resnet50", "small_cnn")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -38,8 +38,8 @@ class Config:
     observed_negatives: int = 0  # negatives kept per image by the observation process (Cole et al.'s num_neg)
     train_set_variant: str = "observed"  # "clean": train on full labels (then `an` is `full`)
     val_set_variant: str = "clean"  # "observed": select epochs on single-positive val labels
-    backbone: str = "resnet50"
-    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
+    backbone: str = "resnet50"  # torchvision's ResNet-50, the paper's network (resnet.py)
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file (pretrained.py)
     freeze_backbone: bool = False
     image_size: int = 448
     random_flip: bool = True
@@ -94,8 +94,8 @@ def _check(condition, message):
         raise UsageError(message)
 
 
-# SPEC section 4: (batch, lr, alpha, beta, T_w) per dataset; ResNet-50 at 448x448
-# from ImageNet weights, Adam, 10 epochs, theta = 0.9.
+# SPEC section 4: (batch, lr, alpha, beta, T_w) per dataset; torchvision's
+# ResNet-50 at 448x448 from its ImageNet weights, Adam (torch's), 10 epochs, theta = 0.9.
 # expected_num_pos: the mean positives per image that EPR and ROLE assume (SPEC section 2).
 _PAPER = Config(backbone="resnet50", weights="imagenet", image_size=448, epochs=10, neg_proportion=0.9)
 PRESETS = {

@@ -1,8 +1,9 @@
-"""Fetches the official VOC 2012 / COCO 2014 archives: resumable, verified, safely extracted.
+"""Fetches published files (the VOC 2012 / COCO 2014 archives, torchvision's weights): resumable, verified,
+archives safely extracted.
 
 Standard library only. A download goes to `<file>.part` and is renamed to
-`<file>` once its size and MD5 match the published ones, so a file without
-the suffix is always whole. An interrupted download is resumed with an HTTP
+`<file>` once its size and checksum (MD5, or the SHA-256 prefix a file's name
+carries) match the published ones, so a file without the suffix is always whole. An interrupted download is resumed with an HTTP
 Range request, here (a few retries) or by re-running the same command.
 Anything the user can fix is raised as DataError naming the URL or file.
 """
@@ -41,11 +42,21 @@ _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 @dataclasses.dataclass(frozen=True)
 class Archive:
-    """One published archive: where it lives, its size and its MD5."""
+    """One published file: where it lives, its size (None: the server says) and its MD5 or SHA-256 prefix."""
 
     url: str
-    num_bytes: int
-    md5: str
+    num_bytes: int = None
+    md5: str = ""
+    sha256_prefix: str = ""  # torchvision's weights carry the first 8 hex digits of their SHA-256 in their names
+
+    def __post_init__(self):
+        if not (self.md5 or self.sha256_prefix):
+            raise ValueError(f"{self.url}: a published file needs an MD5 or a SHA-256 prefix to be verified")
+
+    @property
+    def checksum(self):
+        """What the file is verified against, as the sidecar records it: the MD5, or `sha256:<prefix>...`."""
+        return self.md5 or f"sha256:{self.sha256_prefix}..."
 
     @property
     def filename(self):
@@ -78,7 +89,7 @@ def with_mirror(archive, mirror):
 
 
 def fetch(archive, directory, log=print, chunk_bytes=1 << 20, timeout=60):
-    """Downloads `archive` to directory/filename (resuming a .part, verifying the MD5) and returns that path."""
+    """Downloads `archive` to directory/filename (resuming a .part, verifying it) and returns that path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, archive.filename)
     if os.path.exists(path):
@@ -94,40 +105,55 @@ def fetch(archive, directory, log=print, chunk_bytes=1 << 20, timeout=60):
                             "check the URL or download from a mirror") from error
         except _NETWORK_ERRORS as error:
             if attempt == NETWORK_RETRIES:
+                of = f" of {archive.num_bytes}" if archive.num_bytes else ""
                 raise DataError(f"downloading {archive.url} failed {attempt + 1} times ({error}); "
-                                f"{_size(part)} of {archive.num_bytes} bytes are kept in {part}: "
+                                f"{_size(part)}{of} bytes are kept in {part}: "
                                 "re-run the same command to resume") from error
             delay = RETRY_BACKOFF_SECONDS * 2**attempt
             log(f"{archive.url}: {error}; resuming in {delay:g} s (retry {attempt + 1} of {NETWORK_RETRIES})")
             time.sleep(delay)
-    actual = _md5(part, chunk_bytes)
-    if actual != archive.md5:
+    problem = _checksum_problem(archive, part, chunk_bytes)
+    if problem:
         os.remove(part)
-        raise DataError(f"{archive.url}: MD5 is {actual}, expected {archive.md5}; the corrupt download was "
-                        "deleted, re-run the same command to download it again")
+        raise DataError(f"{archive.url}: {problem}; the corrupt download was deleted, re-run the same command to "
+                        "download it again")
     os.replace(part, path)
-    _mark_verified(path, archive.md5)
+    _mark_verified(path, archive.checksum)
     return path
 
 
+def _checksum_problem(archive, path, chunk_bytes):
+    """Why the file at `path` is not the published one ("MD5 is ..., expected ..."), or None."""
+    if archive.md5:
+        actual = _digest(path, hashlib.md5(usedforsecurity=False), chunk_bytes)
+        return None if actual == archive.md5 else f"MD5 is {actual}, expected {archive.md5}"
+    actual = _digest(path, hashlib.sha256(), chunk_bytes)
+    return (None if actual.startswith(archive.sha256_prefix)
+            else f"SHA-256 is {actual}, expected one starting {archive.sha256_prefix}")
+
+
 def _check_downloaded(archive, path, log, chunk_bytes):
-    """Checks an existing download's size and MD5 (hashing only when the sidecar does not vouch for it)."""
+    """Checks an existing download's size and checksum (hashing only when the sidecar does not vouch for it)."""
     size = os.path.getsize(path)
-    if size != archive.num_bytes:
+    if archive.num_bytes is not None and size != archive.num_bytes:
         raise DataError(f"{path} has {size} bytes, {archive.url} has {archive.num_bytes}; delete {path} and re-run")
-    if not _is_verified(path, archive.md5):
-        log(f"verifying the MD5 of {path}")
-        actual = _md5(path, chunk_bytes)
-        if actual != archive.md5:
-            raise DataError(f"{path}: MD5 is {actual}, expected {archive.md5}; delete {path} and re-run")
-        _mark_verified(path, archive.md5)
+    if not _is_verified(path, archive.checksum):
+        log(f"verifying the checksum of {path}")
+        problem = _checksum_problem(archive, path, chunk_bytes)
+        if problem:
+            raise DataError(f"{path}: {problem}; delete {path} and re-run")
+        _mark_verified(path, archive.checksum)
     log(f"{path} is already downloaded")
 
 
 def _download(archive, part, log, chunk_bytes, timeout):
-    """Appends the missing bytes of `archive` to `part` in one request; a network error if cut short."""
+    """Appends the missing bytes of `archive` to `part` in one request; a network error if cut short.
+
+    Without a published size, the total is what the server announces (and the
+    checksum, checked afterwards, catches the rest).
+    """
     start = _size(part)
-    if start > archive.num_bytes:
+    if archive.num_bytes is not None and start > archive.num_bytes:
         os.remove(part)
         raise DataError(f"{part} had {start} bytes, more than the {archive.num_bytes} of {archive.url}; "
                         "deleted it, re-run the same command to download again")
@@ -136,21 +162,23 @@ def _download(archive, part, log, chunk_bytes, timeout):
     response, start = _open(archive, start, log, timeout)
     with response:
         length = response.headers.get("Content-Length")
-        if length is not None and start + int(length) != archive.num_bytes:
-            raise DataError(f"{archive.url} serves {start + int(length)} bytes, the published size is "
+        served = start + int(length) if length is not None else None
+        if archive.num_bytes is not None and served is not None and served != archive.num_bytes:
+            raise DataError(f"{archive.url} serves {served} bytes, the published size is "
                             f"{archive.num_bytes}; check the URL or the mirror")
-        done, progress = start, _Progress(log, archive, start)
+        total = archive.num_bytes if archive.num_bytes is not None else served
+        done, progress = start, _Progress(log, archive.filename, total, start)
         with open(part, "ab" if start else "wb") as out:
-            while done <= archive.num_bytes and (chunk := response.read(chunk_bytes)):
+            while (total is None or done <= total) and (chunk := response.read(chunk_bytes)):
                 out.write(chunk)
                 done += len(chunk)
                 progress.report(done)
-    if done > archive.num_bytes:
+    if total is not None and done > total:
         os.remove(part)
-        raise DataError(f"{archive.url} sent more than the published {archive.num_bytes} bytes; "
+        raise DataError(f"{archive.url} sent more than the {total} bytes it announced; "
                         "deleted the download, check the URL or the mirror")
-    if done < archive.num_bytes:  # http.client ends a short body quietly instead of raising
-        raise ConnectionError(f"connection closed after {done} of {archive.num_bytes} bytes")
+    if total is not None and done < total:  # http.client ends a short body quietly instead of raising
+        raise ConnectionError(f"connection closed after {done} of {total} bytes")
 
 
 def _open(archive, start, log, timeout):
@@ -182,49 +210,48 @@ def _range_start(response):
 
 
 class _Progress:
-    """Logs MB done / MB total and the speed, at most once per PROGRESS_SECONDS and at the end."""
+    """Logs MB done / MB total (when known) and the speed, at most once per PROGRESS_SECONDS and at the end."""
 
-    def __init__(self, log, archive, start):
-        self.log, self.archive, self.start = log, archive, start
+    def __init__(self, log, filename, total, start):
+        self.log, self.filename, self.total, self.start = log, filename, total, start
         self.began = self.last = time.monotonic()
 
     def report(self, done):
         now = time.monotonic()
-        if now - self.last < PROGRESS_SECONDS and done < self.archive.num_bytes:
+        if now - self.last < PROGRESS_SECONDS and (self.total is None or done < self.total):
             return
         self.last = now
         speed = (done - self.start) / max(now - self.began, 1e-6) / 1e6
-        self.log(f"{self.archive.filename}: {done / 1e6:.1f} / {self.archive.num_bytes / 1e6:.1f} MB, "
-                 f"{speed:.1f} MB/s")
+        total = f" / {self.total / 1e6:.1f}" if self.total is not None else ""
+        self.log(f"{self.filename}: {done / 1e6:.1f}{total} MB, {speed:.1f} MB/s")
 
 
 def _size(path):
     return os.path.getsize(path) if os.path.exists(path) else 0
 
 
-def _md5(path, chunk_bytes):
-    digest = hashlib.md5(usedforsecurity=False)
+def _digest(path, digest, chunk_bytes):
     with open(path, "rb") as f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _stamp(path, md5):
+def _stamp(path, checksum):
     """What the sidecar records: a changed size or mtime means the file must be hashed again."""
     stat = os.stat(path)
-    return {"md5": md5, "num_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"md5": checksum, "num_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _mark_verified(path, md5):
+def _mark_verified(path, checksum):
     with open(path + VERIFIED_SUFFIX, "w") as f:
-        json.dump(_stamp(path, md5), f)
+        json.dump(_stamp(path, checksum), f)
 
 
-def _is_verified(path, md5):
+def _is_verified(path, checksum):
     try:
         with open(path + VERIFIED_SUFFIX) as f:
-            return json.load(f) == _stamp(path, md5)
+            return json.load(f) == _stamp(path, checksum)
     except (OSError, ValueError):
         return False
 

@@ -1,7 +1,12 @@
 """Classifiers: an image in [0, 255] -> C logits. Normalisation is the first layer."""
 
+import warnings
+
 import keras
 import numpy as np
+
+from spml_tf import pretrained, resnet
+from spml_tf.errors import DataError, reason
 
 # Keras's ResNet50 ImageNet weights were trained on caffe-style inputs: BGR,
 # mean-subtracted, not scaled (not the torchvision normalisation of the
@@ -51,22 +56,67 @@ def small_cnn(inputs):
     return keras.layers.GlobalAveragePooling2D()(x)
 
 
-def build_model(config, num_classes):
-    """Backbone + global average pooling + a linear head to `num_classes` logits."""
+def build_model(config, num_classes, log=print):
+    """Backbone + global average pooling + a linear head to `num_classes` logits (the Dense named "logits").
+
+    resnet50: torchvision's ResNet-50 (resnet.py) on torchvision's
+    normalisation, from torchvision's weights, with torch's initialisation of
+    the linear head: the paper's network. keras_resnet50: keras.applications'
+    ResNet50 (v1, caffe-style inputs, Keras's weights). small_cnn: the digits
+    network.
+    """
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), name="image")
+    kernel_init, bias_init = "glorot_uniform", "zeros"  # Keras's defaults
     if config.backbone == "resnet50":
+        normalized = resnet.imagenet_normalization()(inputs)
+        backbone = resnet.resnet50(config.image_size)
+        pretrained.load_resnet50(backbone, config.weights, log)
+        kernel_init, bias_init = resnet.linear_head_initializers()
+    elif config.backbone == "keras_resnet50":
         normalized = caffe_preprocessing()(inputs)
         weights = None if config.weights == "none" else config.weights  # "imagenet" or a file path
-        backbone = keras.applications.ResNet50(
-            include_top=False, weights=weights, input_shape=(config.image_size, config.image_size, 3), pooling="avg",
-        )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)  # a file missing layers is refused, not half loaded
+                backbone = keras.applications.ResNet50(include_top=False, weights=weights, pooling="avg",
+                                                       input_shape=(config.image_size, config.image_size, 3))
+        except (OSError, ValueError, KeyError, UserWarning) as error:
+            raise DataError(f"--weights={config.weights}: not weights of keras.applications' ResNet50 "
+                            f"({reason(error)})") from None
+    else:
+        backbone = None
+        features = small_cnn(keras.layers.Rescaling(1.0 / 255.0, name="normalize")(inputs))
+    if backbone is not None:
         backbone.trainable = not config.freeze_backbone
         features = backbone(normalized, training=False if config.freeze_backbone else None)
-    else:
-        features = small_cnn(keras.layers.Rescaling(1.0 / 255.0, name="normalize")(inputs))
     # Logits stay float32 under mixed precision: the losses need the precision.
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
+    logits = keras.layers.Dense(num_classes, dtype="float32", kernel_initializer=kernel_init,
+                                bias_initializer=bias_init, name="logits")(features)
     return keras.Model(inputs, logits, name=f"{config.backbone}_spml")
+
+
+def for_saving(model):
+    """`model` with Keras's own layers only (resnet.BatchNorm becomes BatchNormalization, which computes the same
+    at inference), its weights copied: what model.keras holds, loadable without this package."""
+    def plain(layer):
+        if isinstance(layer, resnet.BatchNorm):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    # Uncompiled (Keras would clone the compiled loss, which reads a label bank a user of the model does not have).
+    uncompiled = keras.Model(model.input, model.output, name=model.name)
+    if not any(isinstance(layer, resnet.BatchNorm) for layer in _all_layers(model)):
+        return uncompiled
+    clone = keras.models.clone_model(uncompiled, clone_function=plain, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 # ROLE's label estimator: logit(0.995) at annotated positives, logit(0.005) at

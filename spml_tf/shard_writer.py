@@ -127,9 +127,11 @@ def write_shard(task):
 
 
 def resized_jpeg(encoded, side):
-    """The image resized to side x side as the training pipeline resizes it (bilinear), re-encoded as JPEG 95."""
-    image = tf.image.resize(tf.io.decode_image(encoded, channels=3, expand_animations=False), [side, side])
-    return tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), quality=95).numpy()
+    """The image resized to side x side as the training pipeline resizes it, re-encoded as JPEG 95."""
+    from spml_tf import pipeline
+
+    image = pipeline.decode_and_resize(encoded, side)  # already whole numbers in [0, 255]
+    return tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=95).numpy()
 
 
 def finished_shard(task):

@@ -9,11 +9,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import (checkpoint, datasets, distribute, evaluation, losses, metrics, models, pipeline, pseudo_label,
-                     run_dir)
+from spml_tf import (checkpoint, datasets, distribute, evaluation, losses, metrics, models, optimizers, pipeline,
+                     pseudo_label, run_dir)
 from spml_tf.errors import TrainingError, UsageError, reason
 from spml_tf.label_bank import LabelBank
 from spml_tf.run_dir import BEST_WEIGHTS, LABEL_BANK, MODEL_FILE, RESULTS
+
+
+def make_optimizer(config):
+    """The optimizer every run compiles with: Adam as torch computes it (the original code's), no weight decay."""
+    return optimizers.TorchAdam(config.learning_rate)
 
 
 def default_model_dir(config):
@@ -95,7 +100,7 @@ def _train_in(model_dir, config, placement, splits, log, verbose):
     # Model and loss, in the strategy's scope: the oracle trains on full labels, every other loss on observed
     # ones. The label bank is a variable of the scope too, so every replica reads the current labels.
     with placement.strategy.scope():
-        model = models.build_model(config, splits.train.num_classes)
+        model = models.build_model(config, splits.train.num_classes, log)
         clean = config.loss == "full" or config.train_set_variant == "clean"
         bank = LabelBank(train_labels.full if clean else train_labels.observed)
         trainer = model
@@ -103,7 +108,7 @@ def _train_in(model_dir, config, placement, splits, log, verbose):
             trainer = models.with_label_estimator(model, train_labels.observed, config.seed)
             train_ds = pipeline.with_index_as_input(train_ds)
         trainer.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=make_optimizer(config),
             loss=losses.LabelBankLoss(losses.from_config(config), bank),
             jit_compile=config.jit_compile,
         )
@@ -196,7 +201,7 @@ def _save_run(model_dir, model, trainer, bank, results):
     # Saved uncompiled: the training loss reads a label bank that a user of the
     # model does not have, and `keras.saving.load_model` must just work.
     saves = (
-        (MODEL_FILE, keras.Model(model.input, model.output, name=model.name).save),
+        (MODEL_FILE, models.for_saving(model).save),  # Keras's own layers only
         (BEST_WEIGHTS, trainer.save_weights),  # the training model's, ROLE's estimator too
         (LABEL_BANK, lambda path: np.save(path, bank.numpy())),  # the final labels, pseudo-negatives included
         (RESULTS, lambda path: _dump_json(path, results)),

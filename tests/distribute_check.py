@@ -2,6 +2,7 @@
 starts: tests/test_distribute.py runs this file in a subprocess and reads the JSON it prints last.
 
     python tests/distribute_check.py step            mirrored step == one-device step, per loss
+    python tests/distribute_check.py resnet_step     the same for ResNet-50 with (synchronised) BatchNorm
     python tests/distribute_check.py train DATA DIR  a short em_apl training under MirroredStrategy
     python tests/distribute_check.py uneven_batch    the global batch must split over the replicas
 """
@@ -66,6 +67,48 @@ def step():
     return out
 
 
+def resnet_step():
+    """ResNet-50 (no weights, 32 px, global batch 8, em_apl, the trainer's Adam), one step: two replicas compute
+    the one-device step, BatchNorm's moving statistics included, because BatchNorm takes the global batch's
+    statistics. The same network with Keras's own BatchNormalization (each replica normalising its half) as a
+    control."""
+    from spml_tf import config as config_lib, models, train as train_lib
+
+    config = config_lib.from_overrides("voc", weights="none", image_size=32, batch_size=8, loss="em_apl")
+    rng = np.random.RandomState(0)
+    images = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    observed = np.zeros((8, 20), np.float32)
+    observed[rng.rand(8, 20) < 0.2] = -0.3
+    observed[np.arange(8), rng.randint(20, size=8)] = 1.0
+
+    def run(strategy, plain_batch_norm):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = models.build_model(config, 20)
+            if plain_batch_norm:
+                model = models.for_saving(model)
+            bank = LabelBank(observed)
+            model.compile(optimizer=train_lib.make_optimizer(config),
+                          loss=losses.LabelBankLoss(losses.get("em_apl", alpha=0.2, beta=0.02), bank))
+        dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(8))).batch(8)
+        loss = model.fit(dataset, epochs=1, verbose=0).history["loss"][0]
+        moving = [np.asarray(v) for v in model.get_layer("resnet50").non_trainable_weights]
+        return loss, moving
+
+    out = {}
+    mirrored = distribute.make_strategy("mirrored", 8).strategy  # one: two in a process share collective keys
+    for name, plain in (("ours", False), ("keras_batch_norm", True)):
+        loss_one, moving_one = run(tf.distribute.get_strategy(), plain)
+        loss_two, moving_two = run(mirrored, plain)
+        out[name] = {
+            "loss_one_device": loss_one, "loss_mirrored": loss_two,
+            # Per BatchNorm statistic, its largest difference relative to its largest value.
+            "max_moving_statistic_relative_difference": max(float(np.abs(a - b).max() / np.abs(a).max())
+                                                            for a, b in zip(moving_one, moving_two)),
+        }
+    return out
+
+
 def train(data_dir, model_dir):
     from spml_tf import config as config_lib, train as train_lib
 
@@ -86,6 +129,6 @@ def uneven_batch():
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    result = {"step": step, "uneven_batch": uneven_batch,
+    result = {"step": step, "resnet_step": resnet_step, "uneven_batch": uneven_batch,
               "train": lambda: train(sys.argv[2], sys.argv[3])}[mode]()
     print(json.dumps(result))

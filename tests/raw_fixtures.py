@@ -71,6 +71,12 @@ def make_voc(raw_dir, num_train=40, num_val=20, seed=0):
     return truth
 
 
+def voc_image_path(raw_dir):
+    """One JPEG of a make_voc release."""
+    directory = os.path.join(raw_dir, "VOCdevkit", "VOC2012", "JPEGImages")
+    return os.path.join(directory, sorted(os.listdir(directory))[0])
+
+
 def make_coco(raw_dir, seed=0):
     """annotations/instances_{train,val}2014.json and {train,val}2014/COCO_*.jpg.
 

@@ -34,6 +34,19 @@ def test_a_mirrored_step_equals_the_one_device_step():
         assert outcome["max_weight_difference"] < 1e-5, name
 
 
+@pytest.mark.slow
+def test_resnet50_batch_norm_takes_the_global_batchs_statistics():
+    """Two replicas compute the one-device step of ResNet-50 (no weights, 32 px, global batch 8, em_apl): the loss,
+    and BatchNorm's moving statistics after the step. Keras's own BatchNormalization, normalising each replica's
+    half batch, does not (the control)."""
+    outcome = check("resnet_step")
+    ours, control = outcome["ours"], outcome["keras_batch_norm"]
+    assert ours["loss_mirrored"] == pytest.approx(ours["loss_one_device"], rel=1e-4)
+    assert ours["max_moving_statistic_relative_difference"] < 1e-3
+    assert control["loss_mirrored"] != pytest.approx(control["loss_one_device"], rel=1e-3)
+    assert control["max_moving_statistic_relative_difference"] > 0.1
+
+
 def test_the_global_batch_must_split_over_the_replicas():
     assert "--batch_size=7 is the global batch and must split evenly over the 2 replicas" in check(
         "uneven_batch")["error"]

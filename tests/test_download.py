@@ -131,7 +131,7 @@ def test_existing_download_is_verified_once_without_a_request(server, tmp_path, 
         raise AssertionError("the sidecar should have spared hashing the file again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(download, "_md5", no_hashing)
+        patch.setattr(download, "_digest", no_hashing)
         fetch(archive, tmp_path)
     assert server.requests == []
 
@@ -273,3 +273,32 @@ def test_truncated_archive_says_delete_and_rerun(tmp_path):
     with pytest.raises(DataError, match="is corrupt .*delete it and re-run"):
         download.extract(str(archive_path), str(tmp_path / "out"), log=lambda message: None)
     assert not (tmp_path / "out" / (download.EXTRACTED_PREFIX + "data.tar.gz")).exists()
+
+
+# ---------------------------------------------------------------- a file known by its SHA-256 prefix (weights)
+
+
+def test_a_file_of_unknown_size_verified_by_its_sha256_prefix_resumes(server, tmp_path):
+    """torchvision's weights: no published size, the first 8 hex digits of the SHA-256 in the name."""
+    server.cut_first = 1
+    prefix = hashlib.sha256(BODY).hexdigest()[:8]
+    archive = Archive(server.url(NAME), sha256_prefix=prefix)
+    said = []
+    assert fetch(archive, tmp_path, log=said.append) == str(tmp_path / NAME)
+    assert (tmp_path / NAME).read_bytes() == BODY
+    assert server.requests == [("/" + NAME, None), ("/" + NAME, f"bytes={K}-")]
+    assert fetch(archive, tmp_path, log=said.append) == str(tmp_path / NAME)  # verified once, then trusted
+    assert len(server.requests) == 2 and said[-1].endswith("is already downloaded")
+
+
+def test_a_wrong_sha256_prefix_deletes_the_download(server, tmp_path):
+    archive = Archive(server.url(NAME), sha256_prefix="00000000")
+    with pytest.raises(DataError, match=r"SHA-256 is [0-9a-f]{64}, expected one starting 00000000; the corrupt "
+                                        "download was deleted"):
+        fetch(archive, tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_published_file_needs_a_checksum():
+    with pytest.raises(ValueError, match="needs an MD5 or a SHA-256 prefix"):
+        Archive("http://example.invalid/x")

@@ -36,12 +36,12 @@ def test_model_round_trips_through_keras_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet50_loads_backbone_weights_from_a_local_file(tmp_path):
-    """--weights=<file>: the backbone starts from the file's values (no download involved)."""
+def test_keras_resnet50_loads_backbone_weights_from_a_local_file(tmp_path):
+    """--backbone=keras_resnet50 --weights=<file>: keras.applications' network starts from the file's values."""
     source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg")
     path = str(tmp_path / "backbone.weights.h5")
     source.save_weights(path)
-    config = config_lib.from_overrides("voc", weights=path, image_size=64)
+    config = config_lib.from_overrides("voc", backbone="keras_resnet50", weights=path, image_size=64)
     model = models.build_model(config, num_classes=20)
     backbone = model.get_layer("resnet50")
     for ours, theirs in zip(backbone.weights, source.weights):
