@@ -1,18 +1,18 @@
 """Every command-line flag of train_main.py.
 
-Flags that a dataset preset sets (SPEC section 4) default to None: the preset
+Flags that a dataset preset sets (docs/method.md section 4) default to None: the preset
 fills them, and a flag given on the command line wins.
 """
 
 from absl import flags
 
 from spml_tf import config as config_lib
-from spml_tf import export
 
 flags.DEFINE_enum("dataset", "digits", config_lib.DATASETS, "Dataset; `digits` is embedded (no download).")
 flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord splits (default: the dataset's cache).")
 flags.DEFINE_string("model_dir", None, "Where results.json, weights and TensorBoard logs go (default: runs/...).")
-flags.DEFINE_enum("loss", None, config_lib.LOSSES, "Training loss (default em_apl).")
+flags.DEFINE_string("loss", None, "Training loss (default em_apl; the README's method table lists them, and an "
+                    "unknown name is answered with the list).")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
 flags.DEFINE_integer("batch_size", None, "GLOBAL batch size, split evenly over the replicas (GPUs x workers).")
 flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
@@ -51,7 +51,8 @@ flags.DEFINE_float("worker_timeout", None, "multi_worker: seconds to wait for ev
 flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
-flags.DEFINE_float("serving_threshold", export.DEFAULT_THRESHOLD, "Exported model: probability from which a class is in `labels`.")
+flags.DEFINE_float("serving_threshold", config_lib.THRESHOLD,
+                   "Exported model: probability from which a class is in `labels`.")
 
 # Flags whose value becomes the Config field of the same name.
 CONFIG_FLAGS = (

@@ -4,8 +4,8 @@
                                    [--workers=N] [--output=bench/results/input_pipeline.json]
 
 Makes --images photo-like JPEGs of VOC's typical size (500x375, quality 90),
-writes them as shards with our converter's writer (`records.write_split`) and
-as plain files (the same bytes), then measures training images/s at
+writes them as plain files and, from those, as shards with our converter's
+shard writer (`shard_writer.write_splits`), then measures training images/s at
 --image_size with a random horizontal flip for:
 
   (a)  ours: `pipeline.make_train_dataset` from the shards, one epoch per pass.
@@ -121,24 +121,19 @@ def write_files(directory, jpegs):
     return paths
 
 
-def write_shards(directory, jpegs, shard_size_mb, seed=0, resize_to=0):
-    """The same JPEGs as a training split written by our converter's writer (resized as --resize_to does, if
-    resize_to); returns its Manifest."""
-    from spml_tf import records, shard_writer
+def write_shards(directory, paths, shard_size_mb, seed=0, resize_to=0):
+    """The image files as a training split written by our converter's shard writer (resized as --resize_to does,
+    if resize_to); returns its Manifest."""
+    from spml_tf import shard_writer
 
     rng = np.random.RandomState(seed)
-
-    def examples():
-        for i, data in enumerate(jpegs):
-            if resize_to:
-                data = shard_writer.resized_jpeg(data, resize_to)
-            row = np.zeros(NUM_CLASSES, np.float32)
-            row[rng.randint(NUM_CLASSES)] = 1.0  # a single positive, observed and full alike
-            yield data, f"{i:06d}", row, row
-
+    labels = np.zeros((len(paths), NUM_CLASSES), np.float32)
+    labels[np.arange(len(paths)), rng.randint(NUM_CLASSES, size=len(paths))] = 1.0  # one positive each
+    split = shard_writer.SplitInput("train", tuple(paths), tuple(f"{i:06d}" for i in range(len(paths))), labels,
+                                    labels)
     class_names = [f"class{c:02d}" for c in range(NUM_CLASSES)]
-    return records.write_split(directory, dataset="bench", split="train", class_names=class_names,
-                               examples=examples(), shard_size_mb=shard_size_mb)
+    return shard_writer.write_splits(directory, "bench", class_names, [split], shard_size_mb=shard_size_mb,
+                                     resize_to=resize_to, log=lambda line: None)["train"]
 
 
 # --- the loaders: each a function of the pass number that returns an iterable of image batches ---------------------
@@ -376,9 +371,9 @@ def main(argv):
         jpegs = make_jpegs(FLAGS.images)
         megabytes = sum(map(len, jpegs)) / 1e6
         print(f"{megabytes:.1f} MB, {megabytes * 1e3 / FLAGS.images:.0f} kB per image", flush=True)
-        manifest = write_shards(os.path.join(work, "shards"), jpegs, FLAGS.shard_size_mb)
-        resized = write_shards(os.path.join(work, "resized"), jpegs, FLAGS.shard_size_mb, resize_to=FLAGS.image_size)
         paths = write_files(os.path.join(work, "files"), jpegs)
+        manifest = write_shards(os.path.join(work, "shards"), paths, FLAGS.shard_size_mb)
+        resized = write_shards(os.path.join(work, "resized"), paths, FLAGS.shard_size_mb, resize_to=FLAGS.image_size)
 
         # --- loaders, in the order they alternate
         size, batch = FLAGS.image_size, FLAGS.batch_size

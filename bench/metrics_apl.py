@@ -46,7 +46,7 @@ FLAGS = flags.FLAGS
 KS = (1, 3, 5)
 POSITIVES_PER_ROW = (1, 2, 3, 4)
 POSITIVES_PROBABILITY = (0.1, 0.25, 0.3, 0.35)  # 2.9 positives per row on average, as COCO
-NEG_PROPORTION, NUM_EPOCHS, WARMUP_EPOCH = 0.9, 10, 5  # SPEC section 3 and COCO's preset
+NEG_PROPORTION, NUM_EPOCHS, WARMUP_EPOCH = 0.9, 10, 5  # docs/method.md section 3 and COCO's preset
 TARGET_SECONDS = 1.0
 
 

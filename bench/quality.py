@@ -25,8 +25,9 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spml_tf import config as config_lib  # noqa: E402
+from spml_tf import losses  # noqa: E402
 
-ALL_LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl")
+ALL_LOSSES = tuple(losses.LOSSES)
 
 flags.DEFINE_integer("seeds", 3, "Seeds per method (1..N).")
 flags.DEFINE_list("losses", list(ALL_LOSSES), "Methods to train.")

@@ -2,26 +2,31 @@
 
 A checkpoint is a directory `<model_dir>/checkpoint/epoch-NNNN/` holding the
 training model's weights with the optimizer state, the label bank (APL's
-pseudo-labels), the best weights so far (early stopping returns to them) and
-the state of every callback that has one (history, APL rounds and counts,
-early stopping's counters). It is written under a temporary name, renamed
-when complete, and only then named in `checkpoint/LATEST` (itself replaced
-atomically); older ones are deleted after that. So whenever the process dies,
-LATEST names a complete checkpoint or none.
+pseudo-labels), and the state of every stateful callback: each callback with
+a `state_key` gives `get_state()` (JSON: history, APL's rounds and counts,
+early stopping's counters) and, if it has large arrays, `get_arrays()` (early
+stopping's best weights, saved as `<state_key>.npz`); `set_state` /
+`set_arrays` put them back on resume. A new stateful callback is one more
+entry of the mapping the trainer hands `Checkpointing`.
+
+Every file is written whole (files.py) and `checkpoint/LATEST`, written last
+and atomically, names the checkpoint; older ones are deleted after that. So
+whenever the process dies, LATEST names a complete checkpoint or none. No
+directory is renamed, so this works on any filesystem TensorFlow writes
+(local, gs://, ram://).
 
 (Keras's BackupAndRestore writes its weights file and its epoch file one
 after the other, in place: a kill between or during the two leaves them
 disagreeing or half written, and it knows nothing of our label bank.)
 """
 
-import json
-import os
-import shutil
+import io
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from spml_tf import label_bank, run_dir
+from spml_tf import files, label_bank, run_dir
 from spml_tf.errors import DataError, TrainingError, UsageError, reason
 
 DIRECTORY = run_dir.CHECKPOINT
@@ -29,7 +34,6 @@ LATEST = "LATEST"
 STATE = "state.json"
 WEIGHTS = "trainer.weights.h5"
 BANK = "label_bank.npy"
-BEST_WEIGHTS = "best_weights.npz"
 # What may change between a run and its resumption (a resumed run may have lost a GPU); the rest must match.
 MAY_DIFFER = ("model_dir", "data_dir", "strategy", "jit_compile", "worker_timeout")  # where and how fast, not what
 
@@ -45,20 +49,18 @@ class Saved:
 
     def __init__(self, path):
         self.path = path
-        state_path = os.path.join(path, STATE)
+        self.array_files = {}  # state key -> file of its arrays, where not <state key>.npz
         try:
-            with open(state_path) as f:
-                self.state = json.load(f)
-            for key, kind in (("epoch", int), ("stop_training", bool), ("identity", dict), ("history", list),
-                              ("early_stopping", dict)):
+            self.state = self._upgrade(files.read_json(files.join(path, STATE)))
+            for key, kind in (("epoch", int), ("stop_training", bool), ("identity", dict), ("callbacks", dict)):
                 if not isinstance(self.state[key], kind):
                     raise TypeError(f"{key!r} is not a {kind.__name__}")
-        except FileNotFoundError:
+        except tf.errors.NotFoundError:
             raise self.damaged(f"{STATE} is missing") from None
         except (ValueError, KeyError, TypeError) as error:
             raise self.damaged(f"{STATE} is not what a checkpoint writes ({error})") from None
         for name in (WEIGHTS, BANK):
-            if not os.path.isfile(os.path.join(path, name)):
+            if not tf.io.gfile.exists(files.join(path, name)):
                 raise self.damaged(f"{name} is missing")
 
     @property
@@ -81,18 +83,18 @@ class Saved:
         if saved["class_names"] != expected["class_names"]:
             differences.append(f"{len(saved['class_names'])} classes there, {len(expected['class_names'])} now")
         raise UsageError(
-            f"{os.path.dirname(os.path.dirname(self.path))} holds a checkpoint of a different run "
+            f"{_model_dir(self.path)} holds a checkpoint of a different run "
             f"({'; '.join(differences)}). Resume it with its own settings, or pass another --model_dir."
         )
 
     def damaged(self, problem):
         """The DataError for a checkpoint that cannot be used, with the two ways on."""
-        return damaged_error(os.path.dirname(os.path.dirname(self.path)), f"{self.path}: {problem}")
+        return damaged_error(_model_dir(self.path), f"{self.path}: {problem}")
 
     def restore_model(self, trainer, bank):
         """Weights, optimizer state and label bank, before `fit`; everything is checked before anything is set."""
         try:
-            labels = np.load(os.path.join(self.path, BANK))  # allow_pickle stays False
+            labels = files.load_npy(files.join(self.path, BANK))
         except (ValueError, OSError, EOFError) as error:
             raise self.damaged(f"{BANK} is not a plain array ({error})") from None
         if labels.shape != bank.shape:
@@ -104,128 +106,150 @@ class Saved:
         if trainer.optimizer is not None and not trainer.optimizer.built:
             trainer.optimizer.build(trainer.trainable_variables)  # its slots must exist to be loaded into
         try:
-            trainer.load_weights(os.path.join(self.path, WEIGHTS))
+            trainer.load_weights(files.join(self.path, WEIGHTS))
         except (OSError, ValueError, KeyError) as error:
             raise self.damaged(f"{WEIGHTS} does not load ({reason(error)})") from None
         bank.assign(labels)
 
-    def best_weights(self, expected_shapes):
-        """Early stopping's best weights so far (None before it has any), checked against the model's shapes."""
-        path = os.path.join(self.path, BEST_WEIGHTS)
-        if not os.path.exists(path):
+    def restore_callback(self, callback, model):
+        """Puts a stateful callback's saved state (and arrays) back; checks arrays against the model's weights."""
+        key = callback.state_key
+        if key not in self.state["callbacks"]:
+            raise self.damaged(f"{STATE} has no state for {key!r}")
+        try:
+            callback.set_state(self.state["callbacks"][key])
+        except (KeyError, TypeError, ValueError) as error:
+            raise self.damaged(f"the state of {key!r} in {STATE} does not fit ({error})") from None
+        if hasattr(callback, "set_arrays"):
+            callback.set_arrays(self._arrays(key, [weight.shape for weight in model.weights]))
+
+    def _arrays(self, key, expected_shapes):
+        name = self.array_files.get(key, f"{key}.npz")
+        path = files.join(self.path, name)
+        if not tf.io.gfile.exists(path):
             return None
         try:
-            with np.load(path) as arrays:  # allow_pickle stays False
-                weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+            with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read())) as arrays:  # no pickles
+                loaded = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
         except (ValueError, OSError, KeyError, EOFError) as error:
-            raise self.damaged(f"{BEST_WEIGHTS} is not a plain array archive ({error})") from None
-        shapes = [tuple(weight.shape) for weight in weights]
+            raise self.damaged(f"{name} is not a plain array archive ({error})") from None
+        shapes = [tuple(array.shape) for array in loaded]
         if shapes != [tuple(shape) for shape in expected_shapes]:
-            raise self.damaged(f"{BEST_WEIGHTS} holds {len(shapes)} arrays that do not fit the model's "
+            raise self.damaged(f"{name} holds {len(shapes)} arrays that do not fit the model's "
                                f"{len(expected_shapes)} weights")
-        return weights
+        return loaded
+
+    def _upgrade(self, state):
+        """A state.json written before the callback protocol (history, apl and early_stopping at its top, the best
+        weights in best_weights.npz), in today's layout, so that such a run resumes too."""
+        if "callbacks" in state or "history" not in state:
+            return state
+        callbacks = {"history": {"records": state.pop("history")}, "early_stopping": state.pop("early_stopping")}
+        apl = state.pop("apl", None)
+        if apl is not None:
+            callbacks["apl"] = apl
+        self.array_files["early_stopping"] = "best_weights.npz"
+        return {**state, "callbacks": callbacks}
+
+
+def _model_dir(checkpoint_path):
+    return checkpoint_path.rstrip("/").rsplit("/", 2)[0]
 
 
 def damaged_error(model_dir, problem):
-    checkpoint_dir = os.path.join(model_dir, DIRECTORY)
+    checkpoint_dir = files.join(model_dir, DIRECTORY)
     return DataError(f"the checkpoint is damaged ({problem}); nothing was loaded. Remove {checkpoint_dir} to start "
                      "this run over, or pass another --model_dir")
 
 
 def latest(model_dir):
     """The newest complete checkpoint under model_dir, or None; DataError if it is damaged."""
-    pointer = os.path.join(model_dir, DIRECTORY, LATEST)
-    if not os.path.exists(pointer):
+    pointer = files.join(files.join(model_dir, DIRECTORY), LATEST)
+    if not tf.io.gfile.exists(pointer):
         return None
     try:
-        with open(pointer) as f:
+        with tf.io.gfile.GFile(pointer, "r") as f:
             name = f.read().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise damaged_error(model_dir, f"{pointer} does not read: {error}") from None
-    if not name.startswith("epoch-") or os.path.basename(name) != name:
+    except (tf.errors.OpError, UnicodeDecodeError) as error:
+        raise damaged_error(model_dir, f"{pointer} does not read: {reason(error)}") from None
+    if not name.startswith("epoch-") or "/" in name or name in (".", ".."):
         raise damaged_error(model_dir, f"{pointer} names {name!r}, not a checkpoint of this directory")
-    path = os.path.join(model_dir, DIRECTORY, name)
-    if not os.path.isdir(path):
+    path = files.join(files.join(model_dir, DIRECTORY), name)
+    if not tf.io.gfile.isdir(path):
         raise damaged_error(model_dir, f"{pointer} names {name}, which is missing")
     return Saved(path)
 
 
-def write(model_dir, epoch, trainer, bank, best_weights, state):
+def write(model_dir, epoch, trainer, bank, state, arrays):
     """Writes the checkpoint of `epoch` completed epochs and points LATEST at it.
 
-    TrainingError if the disk refuses (full, a file-size limit): the partial
-    checkpoint is removed and the previous one stays in charge.
+    `state` is {callback state key: JSON state}, `arrays` {state key: list of
+    arrays}. TrainingError if the disk refuses (full, a file-size limit): the
+    partial checkpoint is removed and the previous one stays in charge.
     """
-    root = os.path.join(model_dir, DIRECTORY)
+    root = files.join(model_dir, DIRECTORY)
     name = f"epoch-{epoch:04d}"
-    final, temporary = os.path.join(root, name), os.path.join(root, name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
+    path = files.join(root, name)
+    if tf.io.gfile.exists(path):  # left by a run killed while writing it, or before LATEST moved
+        tf.io.gfile.rmtree(path)
     try:
-        os.makedirs(temporary)
-        trainer.save_weights(os.path.join(temporary, WEIGHTS))
-        np.save(os.path.join(temporary, BANK), bank.numpy())
-        if best_weights is not None:
-            np.savez(os.path.join(temporary, BEST_WEIGHTS), *best_weights)
-        with open(os.path.join(temporary, STATE), "w") as f:
-            json.dump({**state, "epoch": epoch}, f)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
+        tf.io.gfile.makedirs(path)
+        trainer.save_weights(files.join(path, WEIGHTS))
+        files.save_npy(files.join(path, BANK), bank.numpy())
+        for key, key_arrays in arrays.items():
+            if key_arrays is not None:
+                files.replace(files.join(path, f"{key}.npz"), lambda temporary, a=key_arrays: _savez(temporary, a))
+        files.write_json(files.join(path, STATE), {**state, "epoch": epoch}, indent=None)
+    except (OSError, tf.errors.OpError) as error:
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)
         previous = latest(model_dir)
         kept = (f"the checkpoint after epoch {previous.epoch} is kept" if previous
                 else "no earlier checkpoint exists")
         raise TrainingError(f"could not write the checkpoint of epoch {epoch} in {root} "
                             f"({reason(error)}); {kept}. Free space (or raise the "
                             "file-size limit) and run the same command to resume") from None
-    shutil.rmtree(final, ignore_errors=True)  # left by a run killed after this rename, before LATEST moved
-    os.replace(temporary, final)
-    pointer = os.path.join(root, LATEST)
-    with open(pointer + ".tmp", "w") as f:
-        f.write(name + "\n")
-    os.replace(pointer + ".tmp", pointer)
-    for other in os.listdir(root):
+    files.write_text(files.join(root, LATEST), name + "\n")
+    for other in tf.io.gfile.listdir(root):
+        other = other.rstrip("/")
         if other.startswith("epoch-") and other != name:
-            shutil.rmtree(os.path.join(root, other), ignore_errors=True)
+            tf.io.gfile.rmtree(files.join(root, other))
+
+
+def _savez(path, arrays):
+    buffer = io.BytesIO()  # np.savez seeks in its file, which a gfile being written cannot do
+    np.savez(buffer, *arrays)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
 
 
 class Checkpointing(keras.callbacks.Callback):
     """Writes a checkpoint after every epoch and, on a resumed run, puts the callbacks' saved state back.
 
+    `stateful` maps state keys to the callbacks whose state survives a kill.
     Must come last among the callbacks: it records what the others did in the
     epoch, and its on_train_begin runs after theirs (EarlyStopping resets its
     counters there).
     """
 
-    def __init__(self, model_dir, bank, run_identity, summary, apl, early_stopping, resumed=None):
+    def __init__(self, model_dir, bank, run_identity, stateful, resumed=None):
         super().__init__()
         self.model_dir, self.bank, self.run_identity = model_dir, bank, run_identity
-        self.summary, self.apl, self.early_stopping = summary, apl, early_stopping
+        self.stateful = stateful
         self.resumed = resumed
 
     def on_train_begin(self, logs=None):
         if self.resumed is None:
             return
-        state = self.resumed.state
-        self.summary.records = state["history"]
-        if self.apl is not None:
-            self.apl.set_state(state["apl"])
-        stopping = state["early_stopping"]
-        self.early_stopping.wait = stopping["wait"]
-        self.early_stopping.best = stopping["best"]
-        self.early_stopping.best_epoch = stopping["best_epoch"]
-        self.early_stopping.best_weights = self.resumed.best_weights(
-            [weight.shape for weight in self.model.weights])
+        for callback in self.stateful.values():
+            self.resumed.restore_callback(callback, self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        stopping = self.early_stopping
-        state = {
-            "identity": self.run_identity,
-            "stop_training": bool(self.model.stop_training),
-            "history": self.summary.records,
-            "apl": self.apl.get_state() if self.apl is not None else None,
-            "early_stopping": {"wait": stopping.wait, "best_epoch": stopping.best_epoch,
-                               "best": None if stopping.best is None else float(stopping.best)},
-        }
-        write(self.model_dir, epoch + 1, self.model, self.bank, stopping.best_weights, state)
+        state = {"identity": self.run_identity, "stop_training": bool(self.model.stop_training),
+                 "callbacks": {key: callback.get_state() for key, callback in self.stateful.items()}}
+        arrays = {key: callback.get_arrays() for key, callback in self.stateful.items()
+                  if hasattr(callback, "get_arrays")}
+        write(self.model_dir, epoch + 1, self.model, self.bank, state, arrays)
 
 
 class StopOnNaN(keras.callbacks.Callback):

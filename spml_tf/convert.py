@@ -2,7 +2,7 @@
 
 raw release (or Cole et al.'s formatted files, or a user's CSVs)
   -> full label matrix in the original code's image order
-  -> single-positive observed labels of the official train set (seed 1200, SPEC section 4)
+  -> single-positive observed labels of the official train set (seed 1200, docs/method.md section 4)
   -> 80/20 train/val split of the official train set (seed 1200)
   -> every image checked -> train, val and test shards with manifests (shard_writer).
 """
@@ -118,7 +118,8 @@ def fetch_release(config, log):
 
 
 def split_inputs(release, observed_negatives=0, log=print):
-    """The train, val and test SplitInputs of a release: observation, then the 80/20 split (SPEC section 4)."""
+    """The train, val and test SplitInputs of a release: observation, then the 80/20 split (docs/method.md
+    section 4)."""
     import numpy as np
 
     from spml_tf import labels
@@ -226,10 +227,11 @@ def define_flags():
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes that check images and write shards.")
     flags.DEFINE_integer("resize_to", 0, "Store every image resized to this side (square, bilinear as in training, "
                          "re-encoded as JPEG 95) instead of the source bytes: training at that --image_size then "
-                         "skips the resize (3.7x the images/s on our CPU, bench/input_pipeline.py). "
+                         "skips the resize (3.7x the images/s on our CPU, "
+                         "bench/input_pipeline.py). "
                          "0: keep the source files as they are.")
-    flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "An image whose header declares more pixels than this is a "
-                         "bad input (refused before it is decoded).")
+    flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "An image whose header declares more "
+                         "pixels than this is a bad input (refused before it is decoded).")
     flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 
 

@@ -1,5 +1,5 @@
-"""Fetches published files (the VOC 2012 / COCO 2014 archives, torchvision's weights): resumable, verified,
-archives safely extracted.
+"""Fetches published files (the VOC 2012 / COCO 2014 archives, torchvision's weights): resumable,
+verified, archives safely extracted.
 
 Standard library only. A download goes to `<file>.part` and is renamed to
 `<file>` once its size and checksum (MD5, or the SHA-256 prefix a file's name

@@ -51,11 +51,19 @@ class ValidationMAP(keras.callbacks.Callback):
 class EpochSummary(keras.callbacks.Callback):
     """Keeps one record per epoch (every number in the logs) and prints a one-line summary."""
 
+    state_key = "history"
+
     def __init__(self, num_epochs, log=print):
         super().__init__()
         self.num_epochs = num_epochs
         self.log = log
         self.records = []
+
+    def get_state(self):
+        return {"records": self.records}
+
+    def set_state(self, state):
+        self.records = list(state["records"])
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
@@ -70,3 +78,26 @@ class EpochSummary(keras.callbacks.Callback):
             if "apl_precision" in record:
                 line += f", {record['apl_precision']:.2f}% true negatives"
         self.log(line)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's EarlyStopping on validation mAP, whose counters and best weights survive a kill (the checkpoint
+    saves `get_state()`: the best weights go beside it as arrays, see checkpoint.py)."""
+
+    state_key = "early_stopping"
+
+    def __init__(self, patience):
+        super().__init__(monitor="val_map", mode="max", patience=patience, restore_best_weights=True, verbose=0)
+
+    def get_state(self):
+        return {"wait": self.wait, "best_epoch": self.best_epoch,
+                "best": None if self.best is None else float(self.best)}
+
+    def set_state(self, state):
+        self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+
+    def get_arrays(self):
+        return self.best_weights
+
+    def set_arrays(self, arrays):
+        self.best_weights = arrays

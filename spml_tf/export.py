@@ -14,7 +14,6 @@ The class names and threshold live inside the SavedModel: serving needs
 TensorFlow only, not this package.
 """
 
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,9 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 
 from spml_tf import cli, image_limits, run_dir
+from spml_tf import config as config_lib
 from spml_tf.errors import DataError, UsageError, reason
 
-DEFAULT_THRESHOLD = 0.75  # the authors' recommendation for EM-trained models
 
 
 def check_threshold(threshold):
@@ -52,7 +51,7 @@ def check_max_pixels(max_pixels):
         raise UsageError(f"--max_image_pixels={max_pixels} must be at least 1")
 
 
-def export_saved_model(model, class_names, image_size, export_base, threshold=DEFAULT_THRESHOLD,
+def export_saved_model(model, class_names, image_size, export_base, threshold=config_lib.THRESHOLD,
                        max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """Exports `model` (images in [0, 255] -> logits) for TF Serving; returns the version directory.
 
@@ -104,26 +103,30 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=DE
     return version_dir
 
 
-def export_run(model_dir, export_base, threshold=DEFAULT_THRESHOLD,
+def export_run(model_dir, export_base, threshold=config_lib.THRESHOLD,
                max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """Exports the model of a finished training run (its model.keras and results.json)."""
     import zipfile
 
     import keras
+    import tensorflow as tf
 
-    model_path = os.path.join(model_dir, run_dir.MODEL_FILE)
-    results_path = os.path.join(model_dir, run_dir.RESULTS)
+    from spml_tf import files
+
+    model_path = files.join(model_dir, run_dir.MODEL_FILE)
+    results_path = files.join(model_dir, run_dir.RESULTS)
     for path in (model_path, results_path):
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             raise UsageError(f"{path} not found: --model_dir must be the directory of a finished training run")
     retrain = "; train the run again (the same command resumes and rewrites it)"
     try:
-        with open(results_path) as f:
-            results = json.load(f)
+        results = files.read_json(results_path)
         class_names, image_size = results["class_names"], results["config"]["image_size"]
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{results_path} is damaged ({error}){retrain}") from None
-    if not zipfile.is_zipfile(model_path):  # Keras says "File not found" for a truncated archive
+    with tf.io.gfile.GFile(model_path, "rb") as f:
+        complete = zipfile.is_zipfile(f)  # Keras says "File not found" for a truncated archive
+    if not complete:
         raise DataError(f"{model_path} is damaged (not a complete .keras archive){retrain}")
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
@@ -136,7 +139,7 @@ def define_flags():
     """The command-line flags (defined only when run as a program: train_main has its own)."""
     flags.DEFINE_string("model_dir", None, "Directory of a finished training run.")
     flags.DEFINE_string("export_dir", None, "TF Serving model base path; the next integer version is written.")
-    flags.DEFINE_float("serving_threshold", DEFAULT_THRESHOLD, "Probability from which a class is in `labels`.")
+    flags.DEFINE_float("serving_threshold", config_lib.THRESHOLD, "Probability from which a class is in `labels`.")
     flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "Requests whose image header "
                          "declares more pixels than this fail (INVALID_ARGUMENT) before the image is decoded.")
 

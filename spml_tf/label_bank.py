@@ -11,7 +11,8 @@ MAX_EXAMPLES = 2**24
 
 
 class LabelBank:
-    """N x C labels in the SPEC encoding (1, 0, -s; -1 observed negative), indexed by `example/index`.
+    """N x C labels in the encoding of docs/method.md section 1 (1, 0, -s; -1 observed negative), indexed by
+    `example/index`.
 
     Create it under the distribution strategy's scope, so each replica holds a
     copy; `assign` from a callback (cross-replica context) updates all copies.

@@ -1,4 +1,4 @@
-"""The single-positive observation process and the train/val split (SPEC section 4).
+"""The single-positive observation process and the train/val split (docs/method.md section 4).
 
 Both reproduce the original code's random draws bit for bit, so observed
 labels made here equal the files the original code ships for the same data.

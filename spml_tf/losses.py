@@ -1,6 +1,13 @@
-"""SPML losses as Keras Losses: labels in the SPEC encoding, logits in, per-example values out.
+"""SPML losses as Keras Losses: labels in our encoding, logits in, per-example values out.
 
-Label encoding (SPEC section 1): 1 annotated positive, 0 unannotated, -s an
+Each loss is one class, and the one place that knows it: its formula, its
+name on the command line (`key`), the Config fields it takes (`hyperparameters`),
+and what else training needs for it, which the trainer asks it for instead of
+comparing names: full labels (`uses_full_labels`), a model that also reads the
+example index (`training_model`), callbacks of its own (`callbacks`, e.g. APL).
+`LOSSES` maps names to classes; `get(name, **hyperparameters)` builds one.
+
+Label encoding (docs/method.md section 1): 1 annotated positive, 0 unannotated, -s an
 APL negative pseudo-label whose soft target is s (0 <= s < 1). Only with
 `--observed_negatives` (Cole et al.'s `num_neg`): -1 an annotated negative,
 which every loss treats as a known negative, -log(1 - p).
@@ -14,8 +21,12 @@ log p = log_sigmoid(x) and log(1 - p) = log_sigmoid(-x): the exact formula,
 finite for any logit, where the original code writes -log(p + 1e-5).
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
+
+from spml_tf.errors import UsageError
 
 
 def _log_p(logits):
@@ -27,10 +38,36 @@ def _log_not_p(logits):
 
 
 class SPMLLoss(keras.losses.Loss):
-    """Base class: casts to float32 (also under mixed precision) and averages over classes."""
+    """Base class: casts to float32 (also under mixed precision) and averages over classes.
+
+    A subclass sets `key` and `hyperparameters`, writes `entry_terms` (and a
+    `regularizer` if it has one), and overrides the training hooks it needs.
+    """
+
+    key = None  # the name of --loss
+    hyperparameters = ()  # Config fields passed to __init__, by name
+    uses_full_labels = False  # trains on the full training labels (the oracle), not the observed ones
 
     def __init__(self, name, **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
+
+    @classmethod
+    def check_config(cls, config):
+        """UsageError if `config` cannot train this loss (a setting it contradicts)."""
+
+    def training_model(self, classifier, observed_labels, seed):
+        """The model `fit` trains: the classifier itself, unless the loss trains more (ROLE's label estimator)."""
+        del observed_labels, seed
+        return classifier
+
+    def needs_example_index(self):
+        """Whether the training model also takes the example index as an input (then the data must give it)."""
+        return False
+
+    def callbacks(self, context):
+        """Keras callbacks the loss needs during training (a TrainingContext gives them what they use)."""
+        del context
+        return []
 
     def call(self, y_true, y_pred):
         labels = tf.cast(y_true, tf.float32)
@@ -54,6 +91,8 @@ class SPMLLoss(keras.losses.Loss):
 class AssumeNegative(SPMLLoss):
     """AN: -log p on annotated positives, -log(1 - p) on everything else."""
 
+    key = "an"
+
     def __init__(self, name="an", **kwargs):
         super().__init__(name=name, **kwargs)
 
@@ -64,12 +103,18 @@ class AssumeNegative(SPMLLoss):
 class FullLabels(AssumeNegative):
     """The oracle: the AN formula (plain BCE) fed the full labels instead of observed ones."""
 
+    key = "full"
+    uses_full_labels = True
+
     def __init__(self, name="full", **kwargs):
         super().__init__(name=name, **kwargs)
 
 
 class LabelSmoothing(SPMLLoss):
     """AN-LS: assume negative with label smoothing e: targets 1 - e and e instead of 1 and 0."""
+
+    key = "an_ls"
+    hyperparameters = ("ls_coef",)
 
     def __init__(self, ls_coef=0.1, name="an_ls", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -88,6 +133,8 @@ class LabelSmoothing(SPMLLoss):
 
 class WeakAssumeNegative(SPMLLoss):
     """WAN: -log p on positives, -log(1 - p) / (C - 1) on unannotated labels."""
+
+    key = "wan"
 
     def __init__(self, name="wan", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -112,6 +159,9 @@ class ExpectedPositiveRegularization(SPMLLoss):
     distribution strategy each replica computes it on its own share.)
     """
 
+    key = "epr"
+    hyperparameters = ("expected_num_pos",)
+
     def __init__(self, expected_num_pos, name="epr", **kwargs):
         super().__init__(name=name, **kwargs)
         self.expected_num_pos = float(expected_num_pos)
@@ -135,9 +185,20 @@ class RegularizedOnlineLabelEstimation(SPMLLoss):
     pos(x) = -log x on annotated positives only, plus 0.5 (EPR(p) + EPR(q)).
     """
 
+    key = "role"
+    hyperparameters = ("expected_num_pos",)
+
     def __init__(self, expected_num_pos, name="role", **kwargs):
         super().__init__(name=name, **kwargs)
         self.expected_num_pos = float(expected_num_pos)
+
+    def training_model(self, classifier, observed_labels, seed):
+        from spml_tf import models
+
+        return models.with_label_estimator(classifier, observed_labels, seed)
+
+    def needs_example_index(self):
+        return True
 
     @staticmethod
     def split(logits):
@@ -169,6 +230,9 @@ class RegularizedOnlineLabelEstimation(SPMLLoss):
 class EntropyMaximization(SPMLLoss):
     """EM: -log p on positives, -alpha * H(p) on unannotated labels, 0 on pseudo-negatives."""
 
+    key = "em"
+    hyperparameters = ("alpha",)
+
     def __init__(self, alpha, name="em", **kwargs):
         super().__init__(name=name, **kwargs)
         self.alpha = float(alpha)
@@ -188,11 +252,28 @@ class EntropyMaximization(SPMLLoss):
 
 
 class EntropyMaximizationAPL(EntropyMaximization):
-    """EM + APL: EM, plus beta * BCE(p; target s) on each pseudo-negative -s."""
+    """EM + APL: EM, plus beta * BCE(p; target s) on each pseudo-negative -s; APL makes the -s after each epoch."""
+
+    key = "em_apl"
+    hyperparameters = ("alpha", "beta")
 
     def __init__(self, alpha, beta, name="em_apl", **kwargs):
         super().__init__(alpha=alpha, name=name, **kwargs)
         self.beta = float(beta)
+
+    @classmethod
+    def check_config(cls, config):
+        if config.warmup_epochs >= config.epochs:
+            raise UsageError(f"--warmup_epochs={config.warmup_epochs} must be smaller than --epochs={config.epochs} "
+                             "with --loss=em_apl, or APL never runs")
+
+    def callbacks(self, context):
+        from spml_tf import pseudo_label
+
+        config = context.config
+        return [pseudo_label.APLCallback(context.predictor, context.bank, context.train_eval_dataset,
+                                         context.full_train_labels, config.warmup_epochs, config.epochs,
+                                         config.neg_proportion)]
 
     def entry_terms(self, labels, logits):
         soft_target = tf.maximum(-labels, 0.0)  # labels -1 are replaced in call()
@@ -204,35 +285,45 @@ class EntropyMaximizationAPL(EntropyMaximization):
         return {**super().get_config(), "beta": self.beta}
 
 
-_REGISTRY = {
-    "full": FullLabels,
-    "an": AssumeNegative,
-    "an_ls": LabelSmoothing,
-    "wan": WeakAssumeNegative,
-    "epr": ExpectedPositiveRegularization,
-    "role": RegularizedOnlineLabelEstimation,
-    "em": EntropyMaximization,
-    "em_apl": EntropyMaximizationAPL,
-}
+# Every loss, by its --loss name: the one list to extend.
+LOSSES = {loss.key: loss for loss in (FullLabels, AssumeNegative, LabelSmoothing, WeakAssumeNegative,
+                                      ExpectedPositiveRegularization, RegularizedOnlineLabelEstimation,
+                                      EntropyMaximization, EntropyMaximizationAPL)}
+
+
+def lookup(name):
+    """The loss class called `name`; UsageError naming the known ones otherwise."""
+    if name not in LOSSES:
+        raise UsageError(f"--loss={name!r} is not one of {', '.join(LOSSES)}")
+    return LOSSES[name]
 
 
 def get(name, **hyperparameters):
-    """A ready Loss by name, e.g. get("em_apl", alpha=0.2, beta=0.02)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name](**hyperparameters)
+    """A ready Loss by name, e.g. get("em_apl", alpha=0.2, beta=0.02), for any model's compile (ValueError for an
+    unknown name)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[name](**hyperparameters)
 
 
-def from_config(config):
-    """The Loss a training Config asks for, with its hyper-parameters."""
-    hyperparameters = {
-        "an_ls": {"ls_coef": config.ls_coef},
-        "epr": {"expected_num_pos": config.expected_num_pos},
-        "role": {"expected_num_pos": config.expected_num_pos},
-        "em": {"alpha": config.alpha},
-        "em_apl": {"alpha": config.alpha, "beta": config.beta},
-    }
-    return get(config.loss, **hyperparameters.get(config.loss, {}))
+def for_config(config):
+    """The Loss a training Config asks for, with its hyper-parameters from the Config; UsageError if the Config
+    contradicts it."""
+    loss_class = lookup(config.loss)
+    loss_class.check_config(config)
+    return loss_class(**{field: getattr(config, field) for field in loss_class.hyperparameters})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingContext:
+    """What a loss's callbacks may use: the run's config, the label bank, a predictor of the classifier, the
+    training images without augmentation, and the full training labels (None when unknown)."""
+
+    config: object
+    bank: object
+    predictor: object
+    train_eval_dataset: object
+    full_train_labels: object
 
 
 class LabelBankLoss(keras.losses.Loss):

@@ -1,4 +1,4 @@
-"""Vectorised multi-label metrics: mAP (SPEC definition), F1, precision@k and recall@k."""
+"""Vectorised multi-label metrics: mAP (docs/method.md section 4), F1, precision@k and recall@k."""
 
 import numpy as np
 

@@ -148,7 +148,7 @@ class LabelEstimator(keras.layers.Layer):
 
 
 def initial_estimator_logits(observed, seed):
-    """SPEC's initialisation of ROLE's label estimator from the observed label matrix."""
+    """The initialisation (docs/method.md section 2) of ROLE's label estimator from the observed label matrix."""
     rng = np.random.RandomState(seed)
     logits = rng.uniform(-_ESTIMATOR_INIT_RANGE, _ESTIMATOR_INIT_RANGE, size=observed.shape)
     logits = np.where(observed == -1, -_ESTIMATOR_POSITIVE_LOGIT, logits)

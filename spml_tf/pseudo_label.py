@@ -1,4 +1,4 @@
-"""Asymmetric pseudo-labelling (APL, SPEC section 3): a NumPy round and the Keras callback that runs it."""
+"""Asymmetric pseudo-labelling (APL, docs/method.md section 3): a NumPy round and the Keras callback that runs it."""
 
 import numpy as np
 import keras
@@ -6,8 +6,17 @@ import keras
 
 # A pseudo-negative stores -p. If p underflowed to exactly 0, -0.0 == 0 would
 # read as "unannotated" again; storing at least this keeps it marked, and
-# changes the loss by less than 1e-37.
+# changes the loss by less than 1e-37. If p rounded up to exactly 1, -1 would
+# read as an annotated negative; storing at most the float32 just below 1 keeps
+# it a pseudo-negative.
 _SMALLEST_TARGET = np.finfo(np.float32).tiny
+_LARGEST_TARGET = np.nextafter(np.float32(1), np.float32(0))
+
+
+def is_pseudo_negative(labels):
+    """The entries that are APL pseudo-negatives -s (0 <= s < 1), not annotated negatives (-1)."""
+    labels = np.asarray(labels)
+    return (labels < 0) & (labels > -1)
 
 
 def negatives_per_round(initial_unannotated, neg_proportion, num_rounds):
@@ -39,16 +48,19 @@ def apl_round(labels, probs, initial_unannotated, neg_proportion, num_epochs, wa
     tied = keys == kth
     places_left = per_round[None, :] - below.sum(axis=0, keepdims=True)
     chosen = unannotated & (below | (tied & (np.cumsum(tied, axis=0) <= places_left))) & (per_round[None, :] > 0)
-    return np.where(chosen, -np.maximum(probs, _SMALLEST_TARGET), labels)
+    return np.where(chosen, -np.clip(probs, _SMALLEST_TARGET, _LARGEST_TARGET), labels)
 
 
 class APLCallback(keras.callbacks.Callback):
     """After each epoch >= warmup, predicts every training example and adds APL pseudo-negatives to the bank.
 
     Each round is recorded in `rounds` and in the epoch logs (`apl_*` keys).
+    Its state (rounds, initial counts) survives a kill through the checkpoint.
     """
 
-    def __init__(self, predictor, bank, predict_dataset, full_labels, config):
+    state_key = "apl"
+
+    def __init__(self, predictor, bank, predict_dataset, full_labels, warmup_epochs, num_epochs, neg_proportion):
         """`predictor` (an evaluation.Predictor of the classifier) scores `predict_dataset`, the training images.
 
         `full_labels` (N x C, index order) measures the pseudo-labels'
@@ -59,12 +71,16 @@ class APLCallback(keras.callbacks.Callback):
         self.bank = bank
         self.predict_dataset = predict_dataset
         self.full_labels = full_labels
-        self.config = config
+        self.warmup_epochs, self.num_epochs, self.neg_proportion = warmup_epochs, num_epochs, neg_proportion
         self.initial_unannotated = (bank.numpy() == 0.0).sum(axis=0)
         self.rounds = []
 
     def get_state(self):
         return {"rounds": self.rounds, "initial_unannotated": self.initial_unannotated.tolist()}
+
+    def results(self):
+        """What results.json reports of APL: every round (new and total pseudo-negatives, their precision)."""
+        return {"apl_rounds": self.rounds}
 
     def set_state(self, state):
         """Continues a resumed run: its rounds so far, and the counts of unannotated labels it started with."""
@@ -72,26 +88,26 @@ class APLCallback(keras.callbacks.Callback):
         self.initial_unannotated = np.asarray(state["initial_unannotated"], np.int64)
 
     def on_epoch_end(self, epoch, logs=None):
-        epoch += 1  # SPEC counts epochs from 1
+        epoch += 1  # docs/method.md section 3 counts epochs from 1
         # The round after the last epoch would change labels nothing trains on.
-        if epoch < self.config.warmup_epochs or epoch >= self.config.epochs:
+        if epoch < self.warmup_epochs or epoch >= self.num_epochs:
             return
         probs = self.predictor.probabilities(self.predict_dataset, self.bank.shape[0])
         before = self.bank.numpy()
-        after = apl_round(
-            before, probs, self.initial_unannotated, self.config.neg_proportion,
-            self.config.epochs, self.config.warmup_epochs,
-        )
+        after = apl_round(before, probs, self.initial_unannotated, self.neg_proportion, self.num_epochs,
+                          self.warmup_epochs)
         self.bank.assign(after)
         new = (after < 0) & (before == 0)
+        pseudo = is_pseudo_negative(after)  # annotated negatives (-1) are not APL's
         record = {
             "epoch": epoch,
             "new_pseudo_negatives": int(new.sum()),
-            "total_pseudo_negatives": int((after < 0).sum()),
+            "total_pseudo_negatives": int(pseudo.sum()),
         }
         if self.full_labels is not None:
             record["precision"] = 100.0 * float((self.full_labels[new] == 0).mean()) if new.any() else 100.0
-            record["total_precision"] = 100.0 * float((self.full_labels[after < 0] == 0).mean())
+            record["total_precision"] = (100.0 * float((self.full_labels[pseudo] == 0).mean()) if pseudo.any()
+                                         else 100.0)
         self.rounds.append(record)
         if logs is not None:
             logs["apl_new_pseudo_negatives"] = record["new_pseudo_negatives"]

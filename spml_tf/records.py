@@ -109,10 +109,9 @@ class Manifest:
 
     def write(self):
         """Writes <directory>/manifest.json atomically: last, so a split with a manifest is whole."""
-        temporary = os.path.join(self.directory, MANIFEST + ".tmp")
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            f.write(self.to_json())
-        tf.io.gfile.rename(temporary, os.path.join(self.directory, MANIFEST), overwrite=True)
+        from spml_tf import files
+
+        files.write_text(os.path.join(self.directory, MANIFEST), self.to_json())
 
 
 def sha256(path):
@@ -121,43 +120,6 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_split(directory, *, dataset, split, class_names, examples, full_labels_known=True, shard_size_mb=150):
-    """Writes `examples` (an iterable of (encoded, image_id, full, observed)) as shards + manifest.
-
-    Example indices are assigned in iteration order. Returns the Manifest.
-    """
-    tf.io.gfile.makedirs(directory)
-    shard_limit = int(shard_size_mb * 2**20)
-    shards, writer, count, size, index = [], None, 0, 0, 0
-
-    def finish_shard():
-        name = f"{split}-{len(shards):05d}.tfrecord"
-        temporary, final = os.path.join(directory, name + ".tmp"), os.path.join(directory, name)
-        writer.close()
-        tf.io.gfile.rename(temporary, final, overwrite=True)
-        shards.append(Shard(name, count, tf.io.gfile.stat(final).length, sha256(final)))
-
-    for encoded, image_id, full, observed in examples:
-        if writer is None:
-            name = f"{split}-{len(shards):05d}.tfrecord.tmp"
-            writer, count, size = tf.io.TFRecordWriter(os.path.join(directory, name)), 0, 0
-        record = serialize_example(encoded, image_id, full, observed, index)
-        writer.write(record)
-        index, count, size = index + 1, count + 1, size + len(record)
-        if size >= shard_limit:
-            finish_shard()
-            writer = None
-    if writer is not None:
-        finish_shard()
-    manifest = Manifest(
-        dataset=dataset, split=split, num_examples=index, num_classes=len(class_names),
-        class_names=tuple(class_names), shards=tuple(shards), full_labels_known=full_labels_known,
-        directory=directory,
-    )
-    manifest.write()
-    return manifest
 
 
 def parse_manifest(directory, convert_hint=""):

@@ -10,11 +10,15 @@ SIGKILL included, so a killed run can be resumed at once, and a second run
 started on the same directory stops with one line naming the holder's pid.
 """
 
+import hashlib
 import os
+import tempfile
 
 from spml_tf import file_lock
-from spml_tf.errors import UsageError
+from spml_tf.errors import UsageError, reason
 
+# The layout, read also by commands that must not wait for TensorFlow (export's flags); the functions below import
+# it (through files.py, which reaches any filesystem TensorFlow writes) when they run.
 LOCK = ".lock"
 RESULTS = "results.json"
 MODEL_FILE = "model.keras"
@@ -28,12 +32,22 @@ WORKERS = "workers"  # model_dir/workers/<index>: the files of the other workers
 _RUN_MARKS = (LOCK, RESULTS, CHECKPOINT)
 
 
+def of_worker(model_dir, placement):
+    """Where a worker writes: the run directory for the chief (and a single process), model_dir/workers/<index> for
+    the other workers of a multi-worker run, which train the same model."""
+    from spml_tf import files
+
+    return model_dir if placement.is_chief else files.join(files.join(model_dir, WORKERS), str(placement.worker_index))
+
+
 def check(model_dir):
     """UsageError unless `model_dir` may hold a run: new, empty, or a run's (a user's file or folder is refused)."""
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
         raise UsageError(f"--model_dir={model_dir!r} is a file, not a directory: pass a directory for the run")
-    if os.path.isdir(model_dir):
-        foreign = [name for name in os.listdir(model_dir) if name != WORKERS]
+    if tf.io.gfile.isdir(model_dir):
+        foreign = [name.rstrip("/") for name in tf.io.gfile.listdir(model_dir) if name.rstrip("/") != WORKERS]
         if foreign and not any(mark in foreign for mark in _RUN_MARKS):
             shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
             raise UsageError(f"--model_dir={model_dir!r} holds files that no training run wrote ({shown}); "
@@ -44,15 +58,29 @@ def claim(model_dir):
     """Checks that `model_dir` may hold a run, creates it and locks it for this process (a file_lock.FileLock).
 
     UsageError when it is a file, a user's non-empty folder, or locked by another
-    running process (named by its pid).
+    running process (named by its pid). A directory on another filesystem
+    (gs://, ...) cannot be locked there: the lock is then a local file named
+    after it (in `<temporary directory>/spml_tf-locks/`), which keeps out other runs of this
+    machine only; the `.lock` file in the directory marks it as a run's.
     """
+    import tensorflow as tf
+
+    from spml_tf import files
+
     check(model_dir)
     try:
-        os.makedirs(model_dir, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the run directory {model_dir}: {error.strerror}") from None
+        tf.io.gfile.makedirs(model_dir)
+    except tf.errors.OpError as error:
+        raise UsageError(f"cannot create the run directory {model_dir}: {reason(error)}") from None
+    lock_path = files.join(model_dir, LOCK)
+    if "://" in model_dir:
+        if not tf.io.gfile.exists(lock_path):
+            files.write_text(lock_path, "spml-tf run directory\n")
+        local = os.path.join(tempfile.gettempdir(), "spml_tf-locks")
+        os.makedirs(local, exist_ok=True)
+        lock_path = os.path.join(local, hashlib.sha256(model_dir.encode()).hexdigest()[:24] + ".lock")
     try:
-        return file_lock.acquire(os.path.join(model_dir, LOCK))
+        return file_lock.acquire(lock_path)
     except file_lock.Busy as busy:
         raise UsageError(f"{model_dir} is in use by another training run (pid {busy.pid}); wait for it to end, "
                          "or pass another --model_dir") from None

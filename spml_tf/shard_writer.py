@@ -21,7 +21,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import image_limits, records
+from spml_tf import files, image_limits, records
 from spml_tf.errors import DataError, UsageError, reason
 from spml_tf.progress import Progress
 
@@ -111,18 +111,20 @@ def write_shard(task):
     """
     directory, file, examples, resize_to = task
     final = os.path.join(directory, file)
-    temporary = final + ".tmp"
-    with tf.io.TFRecordWriter(temporary) as writer:
-        for path, image_id, full, observed, index, size in examples:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                encoded = f.read()
-            if len(encoded) != size:
-                raise DataError(f"{path} changed during the conversion ({size} bytes when checked, {len(encoded)} now); "
-                                "run the same command again")
-            if resize_to:
-                encoded = resized_jpeg(encoded, resize_to)
-            writer.write(records.serialize_example(encoded, image_id, full, observed, index))
-    tf.io.gfile.rename(temporary, final, overwrite=True)
+
+    def save(temporary):
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for path, image_id, full, observed, index, size in examples:
+                with tf.io.gfile.GFile(path, "rb") as f:
+                    encoded = f.read()
+                if len(encoded) != size:
+                    raise DataError(f"{path} changed during the conversion ({size} bytes when checked, "
+                                    f"{len(encoded)} now); run the same command again")
+                if resize_to:
+                    encoded = resized_jpeg(encoded, resize_to)
+                writer.write(records.serialize_example(encoded, image_id, full, observed, index))
+
+    files.replace(final, save)
     return records.Shard(file, len(examples), tf.io.gfile.stat(final).length, records.sha256(final))
 
 
@@ -347,16 +349,12 @@ def _start_split(directory, plan):
         for name in names:
             tf.io.gfile.remove(os.path.join(directory, name))
     tf.io.gfile.makedirs(directory)
-    temporary = os.path.join(directory, PLAN + ".tmp")
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        json.dump(plan, f)
-    tf.io.gfile.rename(temporary, os.path.join(directory, PLAN), overwrite=True)
+    files.write_json(os.path.join(directory, PLAN), plan, indent=None)
 
 
 def _written_by_conversion(name, split):
     """Whether a file of a split directory has the name of one a conversion writes."""
-    if name.endswith(".tmp"):
-        name = name[: -len(".tmp")]
+    name = name[: -len(".tmp")] if name.endswith(".tmp") else name.replace("-partial.", ".")  # temporaries too
     return name in (records.MANIFEST, PLAN) or re.fullmatch(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.tfrecord", name)
 
 

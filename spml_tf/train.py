@@ -1,7 +1,7 @@
-"""Builds and runs a training: data, model, loss over the label bank, callbacks, fit, test, save."""
+"""Builds and runs a training, step by step: data, trainer (model, loss over the label bank), callbacks, fit, evaluate
+the best epoch, save. Each step is a function of its own; `train_and_evaluate` reads as their table of contents."""
 
 import dataclasses
-import json
 import os
 import time
 
@@ -9,11 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import (checkpoint, datasets, distribute, evaluation, losses, metrics, models, optimizers, pipeline,
-                     pseudo_label, run_dir)
+from spml_tf import (checkpoint, datasets, distribute, evaluation, files, losses, metrics, models, optimizers,
+                     pipeline, run_dir)
 from spml_tf.errors import TrainingError, UsageError, reason
 from spml_tf.label_bank import LabelBank
-from spml_tf.run_dir import BEST_WEIGHTS, LABEL_BANK, MODEL_FILE, RESULTS
 
 
 def make_optimizer(config):
@@ -31,22 +30,20 @@ def train_and_evaluate(config, log=print, verbose=1):
     """Trains `config`, selects the epoch with the best validation mAP and returns the results dict.
 
     Writes results.json, the best weights, the final model and TensorBoard logs
-    under config.model_dir (a fresh directory under runs/ when empty).
+    under config.model_dir (a fresh directory under runs/ when empty; any
+    filesystem TensorFlow writes).
     """
     config = dataclasses.replace(config, model_dir=config.model_dir or default_model_dir(config))
     run_dir.check(config.model_dir)  # before any work: a file or a user's folder is refused at once
+    losses.for_config(config)  # an unknown loss, or settings it contradicts, are refused before any work too
     placement = distribute.make_strategy(config.strategy, config.batch_size, config.worker_timeout, log)
-    # Every worker of a multi-worker run trains the same model; the chief writes the run's files, the others
-    # theirs (checkpoints included) under model_dir/workers/<index>.
-    model_dir = config.model_dir if placement.is_chief else os.path.join(
-        config.model_dir, run_dir.WORKERS, str(placement.worker_index))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:  # same results run after run, and a resumed run equal to an uninterrupted one
         tf.config.experimental.enable_op_determinism()
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
     try:
-        return _train_and_evaluate(config, placement, model_dir, log, verbose)
+        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, verbose)
     except distribute.LOST_WORKER_ERRORS as error:
         if placement.num_workers == 1:
             raise
@@ -55,129 +52,202 @@ def train_and_evaluate(config, log=print, verbose=1):
         keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
 
 
-def _train_and_evaluate(config, placement, model_dir, log, verbose):
-    """The body of train_and_evaluate, run under the chosen precision policy: data, model, fit, evaluate, save."""
-    # Data: TFRecord splits -> tf.data; labels read once, images decoded per step.
+def _run(config, placement, model_dir, log, verbose):
+    """Every step, under the precision policy, in the locked run directory."""
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
-    if splits.train.resized_to and splits.train.resized_to != config.image_size:
-        log(f"note: the images were resized to {splits.train.resized_to} at conversion; --image_size="
-            f"{config.image_size} resizes them again")
-    # The run directory is this run's until it ends (only once the data is known to be there).
-    lock = run_dir.claim(model_dir)
-    try:
-        return _train_in(model_dir, config, placement, splits, log, verbose)
-    finally:
-        lock.release()
-
-
-def _train_in(model_dir, config, placement, splits, log, verbose):
-    """Trains in the locked `model_dir`: resume or start, fit, evaluate the best epoch, save."""
-    train_labels = splits.labels("train")
-    val_labels = splits.labels("val")
-    test_labels = splits.labels("test") if splits.test else None
-    # A run killed earlier in this model_dir continues from its last complete epoch.
-    resumed = checkpoint.latest(model_dir)
-    run_identity = checkpoint.identity(config, splits.class_names)
-    if resumed:
-        resumed.check_matches(run_identity)
-    first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
-    size, batch = config.image_size, config.batch_size
-    # Workers split one stream of batches between them, so each must see it in the same order.
-    train_ds = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed,
-                                           epochs=config.epochs, first_epoch=first_epoch,
-                                           deterministic=config.deterministic or placement.num_workers > 1)
-    train_eval_ds = pipeline.make_eval_dataset(splits.train, size, batch)
-    val_ds = pipeline.make_eval_dataset(splits.val, size, batch)
-    test_ds = pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None
-    log(
-        f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
-        + (f"{splits.test.num_examples:,} test images" if splits.test else "no test images")
-        + f", {splits.train.num_classes} classes; loss {config.loss}; "
-        + f"{placement.strategy.num_replicas_in_sync} replica(s), global batch {batch}"
-    )
-
-    # Model and loss, in the strategy's scope: the oracle trains on full labels, every other loss on observed
-    # ones. The label bank is a variable of the scope too, so every replica reads the current labels.
-    with placement.strategy.scope():
-        model = models.build_model(config, splits.train.num_classes, log)
-        clean = config.loss == "full" or config.train_set_variant == "clean"
-        bank = LabelBank(train_labels.full if clean else train_labels.observed)
-        trainer = model
-        if config.loss == "role":  # ROLE also trains a label estimator, indexed by example
-            trainer = models.with_label_estimator(model, train_labels.observed, config.seed)
-            train_ds = pipeline.with_index_as_input(train_ds)
-        trainer.compile(
-            optimizer=make_optimizer(config),
-            loss=losses.LabelBankLoss(losses.from_config(config), bank),
-            jit_compile=config.jit_compile,
-        )
-        predictor = evaluation.Predictor(model)
+    with run_dir.claim(model_dir):  # the directory is this run's until it ends (once the data is known to be there)
+        labels = {split: splits.labels(split) for split in ("train", "val", "test") if getattr(splits, split)}
+        # A run killed earlier in this model_dir continues from its last complete epoch.
+        resumed = checkpoint.latest(model_dir)
+        run_identity = checkpoint.identity(config, splits.class_names)
         if resumed:
-            resumed.restore_model(trainer, bank)
-            log(f"Resuming {model_dir} after epoch {resumed.epoch}" + (" (early stopping had ended it)"
-                                                                        if resumed.finished else ""))
-
-    # Callbacks: validation mAP first (early stopping and checkpointing read it),
-    # then APL, then the ones that only record, then the checkpoint of it all.
-    summary = evaluation.EpochSummary(config.epochs, log=log)
-    # Cole et al.'s "observed" variant selects on the single-positive val labels.
-    val_targets = val_labels.full if config.val_set_variant == "clean" else np.maximum(val_labels.observed, 0)
-    callbacks = [evaluation.ValidationMAP(predictor, val_ds, val_targets)]
-    apl = None
-    if config.loss == "em_apl":
-        full_known = splits.train.full_labels_known
-        apl = pseudo_label.APLCallback(predictor, bank, train_eval_ds, train_labels.full if full_known else None,
-                                       config)
-        callbacks.append(apl)
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=config.patience,
-                                                   restore_best_weights=True, verbose=0)
-    callbacks += [
-        checkpoint.StopOnNaN(model_dir),
-        early_stopping,
-        keras.callbacks.TensorBoard(os.path.join(model_dir, run_dir.TENSORBOARD), write_graph=False),
-    ]
-    if verbose:  # placed before the summary, so the progress bar ends its line first
-        callbacks.append(keras.callbacks.ProgbarLogger())
-    callbacks.append(summary)
-    callbacks.append(checkpoint.Checkpointing(model_dir, bank, run_identity, summary, apl, early_stopping, resumed))
-    try:
-        trainer.fit(train_ds, epochs=config.epochs, initial_epoch=first_epoch, callbacks=callbacks,
-                    verbose=verbose, shuffle=False,
-                    steps_per_epoch=pipeline.batches_per_epoch(splits.train, batch))
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        # A corrupt shard or an image that does not decode surfaces here.
-        raise pipeline.explain_read_error(splits.train, error, splits.repair_hint) from None
-
-    # Evaluate the best epoch (EarlyStopping restored its weights) on val and test,
-    # against full labels wherever they are known.
-    best = max(summary.records, key=lambda record: record["val_map"])
-    val_probs = predictor.probabilities(val_ds, splits.val.num_examples)
-    test_metrics = None
-    if test_ds is not None:
-        test_probs = predictor.probabilities(test_ds, splits.test.num_examples)
-        test_metrics = metrics.evaluate(test_labels.full, test_probs, config.threshold)
-    results = {
-        "config": dataclasses.asdict(config),
-        "class_names": list(splits.class_names),
-        "history": summary.records,
-        "apl_rounds": apl.rounds if apl else [],
-        "best_epoch": best["epoch"],
-        "val": metrics.evaluate(val_labels.full if splits.val.full_labels_known else val_targets, val_probs,
-                                config.threshold),
-        "test": test_metrics,
-    }
-    _save_run(model_dir, model, trainer, bank, results)
+            resumed.check_matches(run_identity)
+        first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
+        loss = losses.for_config(config)
+        data = make_datasets(config, splits, loss, first_epoch, placement)
+        log(_describe(config, splits, placement))
+        trainer = build_trainer(config, splits, labels["train"], loss, placement, log)
+        if resumed:
+            with placement.strategy.scope():
+                resumed.restore_model(trainer.training_model, trainer.bank)
+            log(f"Resuming {model_dir} after epoch {resumed.epoch}"
+                + (" (early stopping had ended it)" if resumed.finished else ""))
+        callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
+                                            resumed, log, verbose)
+        fit(trainer, data, callbacks, config, first_epoch, splits, verbose)
+        results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
+        save_run(model_dir, trainer, results)
     log(format_results(results))
     log(f"Results, best weights and TensorBoard logs are in {model_dir}")
     return results
 
 
+# --- Data -------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+    train: tf.data.Dataset  # shuffled, augmented (image, index) batches of the epochs still to train
+    train_eval: tf.data.Dataset  # the training images without augmentation, in order (APL predicts them)
+    val: tf.data.Dataset
+    test: tf.data.Dataset = None
+
+
+def make_datasets(config, splits, loss, first_epoch, placement):
+    """The tf.data pipelines of a run, from epoch `first_epoch` on."""
+    size, batch = config.image_size, config.batch_size
+    # Workers split one stream of batches between them, so each must see it in the same order.
+    train = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed,
+                                        epochs=config.epochs, first_epoch=first_epoch,
+                                        deterministic=config.deterministic or placement.num_workers > 1)
+    if loss.needs_example_index():  # the training model also reads the index (ROLE's label estimator)
+        train = pipeline.with_index_as_input(train)
+    return Datasets(
+        train=train,
+        train_eval=pipeline.make_eval_dataset(splits.train, size, batch),
+        val=pipeline.make_eval_dataset(splits.val, size, batch),
+        test=pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None,
+    )
+
+
+def _describe(config, splits, placement):
+    line = (f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
+            + (f"{splits.test.num_examples:,} test images" if splits.test else "no test images")
+            + f", {splits.train.num_classes} classes; loss {config.loss}; "
+            + f"{placement.strategy.num_replicas_in_sync} replica(s), global batch {config.batch_size}")
+    if splits.train.resized_to and splits.train.resized_to != config.image_size:
+        line += (f"\nnote: the images were resized to {splits.train.resized_to} at conversion; --image_size="
+                 f"{config.image_size} resizes them again")
+    return line
+
+
+# --- The trainer: the classifier, what fit trains, the label bank ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    model: keras.Model  # the classifier: images in [0, 255] -> C logits; what is saved and exported
+    training_model: keras.Model  # what `fit` trains: the classifier, or more (ROLE's label estimator)
+    bank: LabelBank  # the training labels the loss reads at step time
+    predictor: evaluation.Predictor  # the classifier's probabilities on a dataset, in example order
+
+
+def build_trainer(config, splits, train_labels, loss, placement, log=print):
+    """The classifier, the model fit trains, and the label bank, compiled, in the strategy's scope.
+
+    The oracle (and --train_set_variant=clean) trains on full labels, every
+    other loss on the observed ones. The bank is a variable of the scope, so
+    every replica reads the current labels.
+    """
+    with placement.strategy.scope():
+        model = models.build_model(config, splits.train.num_classes, log)
+        clean = loss.uses_full_labels or config.train_set_variant == "clean"
+        bank = LabelBank(train_labels.full if clean else train_labels.observed)
+        training_model = loss.training_model(model, train_labels.observed, config.seed)
+        training_model.compile(optimizer=make_optimizer(config), loss=losses.LabelBankLoss(loss, bank),
+                               jit_compile=config.jit_compile)
+        return Trainer(model, training_model, bank, evaluation.Predictor(model))
+
+
+# --- Callbacks -------------------------------------------------------------------------------------------------------
+
+
+def make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity, resumed, log=print,
+                   verbose=1):
+    """The callbacks of `fit`, in order, and the EpochSummary among them.
+
+    Validation mAP first (early stopping and checkpointing read it), then the
+    loss's own (APL), then the ones that only record, then the checkpoint of
+    it all, which restores their state on a resumed run.
+    """
+    summary = evaluation.EpochSummary(config.epochs, log=log)
+    full_train = labels["train"].full if splits.train.full_labels_known else None
+    context = losses.TrainingContext(config, trainer.bank, trainer.predictor, data.train_eval, full_train)
+    callbacks = [evaluation.ValidationMAP(trainer.predictor, data.val, _validation_targets(config, labels["val"]))]
+    callbacks += loss.callbacks(context)
+    callbacks += [
+        checkpoint.StopOnNaN(model_dir),
+        evaluation.ResumableEarlyStopping(config.patience),
+        keras.callbacks.TensorBoard(files.join(model_dir, run_dir.TENSORBOARD), write_graph=False),
+    ]
+    if verbose:  # placed before the summary, so the progress bar ends its line first
+        callbacks.append(keras.callbacks.ProgbarLogger())
+    callbacks.append(summary)
+    stateful = {callback.state_key: callback for callback in callbacks if hasattr(callback, "state_key")}
+    callbacks.append(checkpoint.Checkpointing(model_dir, trainer.bank, run_identity, stateful, resumed))
+    return callbacks, summary
+
+
+def _validation_targets(config, val_labels):
+    """Cole et al.'s "observed" variant selects on the single-positive val labels; "clean" on the full ones."""
+    return val_labels.full if config.val_set_variant == "clean" else np.maximum(val_labels.observed, 0)
+
+
+# --- Fit, evaluate, save ---------------------------------------------------------------------------------------------
+
+
+def fit(trainer, data, callbacks, config, first_epoch, splits, verbose=1):
+    """model.fit over the remaining epochs; a damaged shard or an image that does not decode is named."""
+    try:
+        trainer.training_model.fit(data.train, epochs=config.epochs, initial_epoch=first_epoch, callbacks=callbacks,
+                                   verbose=verbose, shuffle=False,
+                                   steps_per_epoch=pipeline.batches_per_epoch(splits.train, config.batch_size))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        raise pipeline.explain_read_error(splits.train, error, splits.repair_hint) from None
+
+
+def evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks):
+    """The results dict: the best epoch's (early stopping restored its weights) metrics on val and test, against
+    full labels wherever they are known."""
+    best = max(summary.records, key=lambda record: record["val_map"])
+    val_probs = trainer.predictor.probabilities(data.val, splits.val.num_examples)
+    val_truth = labels["val"].full if splits.val.full_labels_known else _validation_targets(config, labels["val"])
+    test_metrics = None
+    if data.test is not None:
+        test_probs = trainer.predictor.probabilities(data.test, splits.test.num_examples)
+        test_metrics = metrics.evaluate(labels["test"].full, test_probs, config.threshold)
+    results = {
+        "config": dataclasses.asdict(config),
+        "class_names": list(splits.class_names),
+        "history": summary.records,
+        "apl_rounds": [],
+        "best_epoch": best["epoch"],
+        "val": metrics.evaluate(val_truth, val_probs, config.threshold),
+        "test": test_metrics,
+    }
+    for callback in callbacks:  # what a loss's callbacks report (APL: its rounds)
+        if hasattr(callback, "results"):
+            results.update(callback.results())
+    return results
+
+
+def save_run(model_dir, trainer, results):
+    """Writes the run's files, each atomically; TrainingError naming the file if the disk refuses one."""
+    # Saved uncompiled: the training loss reads a label bank that a user of the
+    # model does not have, and `keras.saving.load_model` must just work.
+    saves = (
+        (run_dir.MODEL_FILE, models.for_saving(trainer.model).save),  # Keras's own layers only
+        (run_dir.BEST_WEIGHTS, trainer.training_model.save_weights),  # the training model's, ROLE's estimator too
+        (run_dir.LABEL_BANK, lambda path: files.save_npy(path, trainer.bank.numpy())),  # the final labels
+        (run_dir.RESULTS, lambda path: files.write_json(path, results)),
+    )
+    for name, save in saves:
+        path = files.join(model_dir, name)
+        try:
+            files.replace(path, save)
+        except (OSError, tf.errors.OpError) as error:
+            raise TrainingError(f"training finished but {path} could not be written ({reason(error)}); the last "
+                                "epoch's checkpoint is kept: free space and run the same command, which writes the "
+                                "files without training again") from None
+
+
 def _fit_to_known_labels(config, splits, log):
     """The config, adjusted to what the data knows: a user's own data has no full training labels."""
-    if not splits.train.full_labels_known and (config.loss == "full" or config.train_set_variant == "clean"):
+    needs_full = losses.lookup(config.loss).uses_full_labels or config.train_set_variant == "clean"
+    if not splits.train.full_labels_known and needs_full:
         raise UsageError(f"{splits.train.directory} has single-positive labels only (no full labels): "
-                         "--loss=full and --train_set_variant=clean need full training labels")
+                         f"--loss={config.loss} and --train_set_variant=clean need full training labels")
     if not splits.val.full_labels_known and config.val_set_variant == "clean":
         log("The validation labels are single-positive (no --val_csv at conversion): "
             "selecting epochs on them (--val_set_variant=observed).")
@@ -194,52 +264,3 @@ def format_results(results):
     for key in results["val"]:
         lines.append(f"{key:<16}{results['val'][key]:>8.2f}" + (f"{test[key]:>8.2f}" if test else ""))
     return "\n".join(lines)
-
-
-def _save_run(model_dir, model, trainer, bank, results):
-    """Writes the run's files, each atomically; TrainingError naming the file if the disk refuses one."""
-    # Saved uncompiled: the training loss reads a label bank that a user of the
-    # model does not have, and `keras.saving.load_model` must just work.
-    saves = (
-        (MODEL_FILE, models.for_saving(model).save),  # Keras's own layers only
-        (BEST_WEIGHTS, trainer.save_weights),  # the training model's, ROLE's estimator too
-        (LABEL_BANK, lambda path: np.save(path, bank.numpy())),  # the final labels, pseudo-negatives included
-        (RESULTS, lambda path: _dump_json(path, results)),
-    )
-    for name, save in saves:
-        path = os.path.join(model_dir, name)
-        try:
-            _replace(path, save)
-        except OSError as error:
-            raise TrainingError(f"training finished but {path} could not be written ({reason(error)}); the last "
-                                "epoch's checkpoint is kept: free space and run the same command, which writes the "
-                                "files without training again") from None
-
-
-def _replace(path, save):
-    """save(temporary path) then rename over `path`: a kill leaves the old file or the new one, never half of one.
-
-    A save that fails (a full disk) takes its partial temporary file with it.
-    """
-    name, extension = os.path.basename(path).split(".", 1)
-    temporary = os.path.join(os.path.dirname(path), f"{name}-partial.{extension}")  # Keras checks the extension
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _dump_json(path, data):
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, default=_to_builtin)
-
-
-def _to_builtin(value):
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from spml_tf import records
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -185,3 +187,39 @@ def png_header_only(width, height):
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
             + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF))
+
+
+def write_split(directory, *, dataset, split, class_names, examples, full_labels_known=True, shard_size_mb=150):
+    """Writes `examples` (an iterable of (encoded, image_id, full, observed)) straight into shards + a manifest,
+    checking nothing: for tests that need bytes held in memory, or data the converter (shard_writer) refuses
+    to write (images that do not decode, labels out of range). Example indices follow iteration order."""
+    tf.io.gfile.makedirs(directory)
+    shard_limit = int(shard_size_mb * 2**20)
+    shards, writer, count, size, index = [], None, 0, 0, 0
+
+    def finish_shard():
+        name = f"{split}-{len(shards):05d}.tfrecord"
+        temporary, final = os.path.join(directory, name + ".tmp"), os.path.join(directory, name)
+        writer.close()
+        tf.io.gfile.rename(temporary, final, overwrite=True)
+        shards.append(records.Shard(name, count, tf.io.gfile.stat(final).length, records.sha256(final)))
+
+    for encoded, image_id, full, observed in examples:
+        if writer is None:
+            name = f"{split}-{len(shards):05d}.tfrecord.tmp"
+            writer, count, size = tf.io.TFRecordWriter(os.path.join(directory, name)), 0, 0
+        record = records.serialize_example(encoded, image_id, full, observed, index)
+        writer.write(record)
+        index, count, size = index + 1, count + 1, size + len(record)
+        if size >= shard_limit:
+            finish_shard()
+            writer = None
+    if writer is not None:
+        finish_shard()
+    manifest = records.Manifest(
+        dataset=dataset, split=split, num_examples=index, num_classes=len(class_names),
+        class_names=tuple(class_names), shards=tuple(shards), full_labels_known=full_labels_known,
+        directory=directory,
+    )
+    manifest.write()
+    return manifest

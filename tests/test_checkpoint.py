@@ -86,22 +86,20 @@ def test_damaged_weights(tiny_digits_dir, finished_run, tmp_path):
     open(weights, "wb").write(data[: len(data) // 3])
     _expect_damaged(tiny_digits_dir, model_dir, f"{checkpoint.WEIGHTS} does not load")
     model_dir, path = _copy(finished_run, tmp_path / "again")
-    np.savez(os.path.join(path, checkpoint.BEST_WEIGHTS), np.zeros(3))
+    np.savez(os.path.join(path, "early_stopping.npz"), np.zeros(3))
     _expect_damaged(tiny_digits_dir, model_dir, "do not fit the model's")
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_removes_the_partial_one(tiny_digits_dir, tmp_path,
                                                                                monkeypatch):
-    real_save = np.save
-    calls = []
+    real_save = checkpoint.files.save_npy
 
-    def full_from_the_second_epoch(path, array, *args, **kwargs):
-        calls.append(path)
-        if "epoch-0002" in str(path):
+    def full_from_the_second_epoch(path, array):
+        if "epoch-0002" in path:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(path, array, *args, **kwargs)
+        return real_save(path, array)
 
-    monkeypatch.setattr(checkpoint.np, "save", full_from_the_second_epoch)
+    monkeypatch.setattr(checkpoint.files, "save_npy", full_from_the_second_epoch)
     with pytest.raises(TrainingError) as error:
         _resume(tiny_digits_dir, tmp_path)
     assert str(error.value) == (

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import raw_fixtures
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -77,12 +79,10 @@ def test_an_image_that_does_not_decode_is_a_data_error(tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from spml_tf import records
-
     good = tf.io.encode_png(np.zeros((32, 32, 3), np.uint8)).numpy()
     for split in ("train", "val", "test"):
         examples = [(good, "ok.png", [1.0, 0.0], [1.0, 0.0]), (b"not an image", "broken.jpg", [0.0, 1.0], [0.0, 1.0])]
-        records.write_split(str(tmp_path / split), dataset="voc", split=split, class_names=("a", "b"),
+        raw_fixtures.write_split(str(tmp_path / split), dataset="voc", split=split, class_names=("a", "b"),
                             examples=examples)
     result = run("--dataset=voc", f"--data_dir={tmp_path}", "--backbone=small_cnn", "--weights=none",
                  "--image_size=32", "--epochs=2", "--warmup_epochs=1", f"--model_dir={tmp_path / 'run'}")

@@ -1,8 +1,8 @@
-"""The converter: each release layout -> shards whose labels, order, observation and split follow SPEC.
+"""The converter: each release layout -> shards whose labels, order, observation and split follow docs/method.md.
 
 Expected values are stated here independently: the ground truth comes from how
 tests/raw_fixtures.py made the files, and the observation process and the
-split are restated below from SPEC section 4.
+split are restated below from docs/method.md section 4.
 """
 
 import hashlib
@@ -35,7 +35,7 @@ def run(tmp_path, log=quiet, **settings):
     return convert.convert(convert.ConvertConfig(**settings), log=log)
 
 
-# --- SPEC section 4, restated -------------------------------------------------------------------
+# --- docs/method.md section 4, restated -------------------------------------------------------------------
 
 
 def spec_observation(full, num_negatives=0):
@@ -72,7 +72,7 @@ def read_back(manifest):
 
 
 def assert_official(manifests, truth, image_root, num_negatives=0):
-    """Train/val/test as SPEC: observation of the whole official train set, then the 80/20 split."""
+    """Train/val/test as docs/method.md says: observation of the whole official train set, then the 80/20 split."""
     train_files, train_full = truth["train"]
     observed = spec_observation(train_full, num_negatives)
     train_rows, val_rows = spec_split(len(train_files))

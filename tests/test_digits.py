@@ -1,4 +1,4 @@
-"""The embedded digits dataset: deterministic, in the real format, observed and split by the SPEC's rules."""
+"""The embedded digits dataset: deterministic, in the real format, observed and split by the rules of docs/method.md."""
 
 import os
 import shutil

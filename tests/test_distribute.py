@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from spml_tf import config as config_lib, distribute, multi_worker_compat, train
+from spml_tf import config as config_lib, distribute, multi_worker_compat, run_dir, train
 from spml_tf.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,7 @@ def test_precision_policies_train_and_leave_the_global_policy_alone(tiny_digits_
         results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
         assert np.isfinite(results["history"][0]["loss"]) and results["test"]["map"] > 0
         assert keras.mixed_precision.global_policy().name == "float32"
-        model = keras.saving.load_model(str(tmp_path / precision / train.MODEL_FILE), safe_mode=True)
+        model = keras.saving.load_model(str(tmp_path / precision / run_dir.MODEL_FILE), safe_mode=True)
         assert model.output.dtype == "float32"  # logits, and so losses and metrics, stay float32
 
 
@@ -134,11 +134,11 @@ def test_two_workers_train_to_identical_weights_and_label_banks(tiny_digits_dir,
         assert code == 0, stderr[-3000:]
     chief, worker = model_dir, model_dir / "workers" / "1"
     assert "2 replica(s), global batch 32" in outcomes[0][1]
-    np.testing.assert_array_equal(np.load(chief / train.LABEL_BANK), np.load(worker / train.LABEL_BANK))
-    for (name, a), (_, b) in zip(_h5_arrays(chief / train.BEST_WEIGHTS), _h5_arrays(worker / train.BEST_WEIGHTS)):
+    np.testing.assert_array_equal(np.load(chief / run_dir.LABEL_BANK), np.load(worker / run_dir.LABEL_BANK))
+    for (name, a), (_, b) in zip(_h5_arrays(chief / run_dir.BEST_WEIGHTS), _h5_arrays(worker / run_dir.BEST_WEIGHTS)):
         np.testing.assert_array_equal(a, b, err_msg=name)
-    chief_results = json.load(open(chief / train.RESULTS))
-    assert chief_results["history"] == json.load(open(worker / train.RESULTS))["history"]
+    chief_results = json.load(open(chief / run_dir.RESULTS))
+    assert chief_results["history"] == json.load(open(worker / run_dir.RESULTS))["history"]
     assert len(chief_results["apl_rounds"]) == 2
 
 

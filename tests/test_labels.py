@@ -26,7 +26,7 @@ FIXED_KEPT_POSITIVE = [0, 4, 0, 5, 2, 5, 3, 0]
 
 
 def loop_observe(full, seed=1200, num_negatives=0):
-    """SPEC section 4: one RandomState(seed) consumed row by row; per row shuffle the
+    """docs/method.md section 4: one RandomState(seed) consumed row by row; per row shuffle the
     positive indices and keep the first, then shuffle the negative indices and
     keep the first num_negatives as -1 (the shuffle is drawn even when none are kept)."""
     rng = np.random.RandomState(seed)
@@ -70,7 +70,7 @@ def test_observe_fixed_matrix_matches_original():
 
 @pytest.mark.parametrize("seed", [1200, 7])
 def test_observe_matches_loop_statement(seed):
-    """On a random matrix the result equals the loop statement of SPEC's procedure."""
+    """On a random matrix the result equals the loop statement of docs/method.md's procedure."""
     full = random_full(0)
     np.testing.assert_array_equal(labels.observe_single_positive(full, seed=seed), loop_observe(full, seed=seed))
 
@@ -138,7 +138,7 @@ def test_observe_rejects_non_binary_full_labels():
     [(5717, 4574, 1143), (82081, 65665, 16416), (5994, 4795, 1199), (10, 8, 2)],
 )
 def test_split_sizes(num_examples, num_train, num_val):
-    """SPEC section 5 sizes: VOC 5717 -> 4574/1143, COCO 82081 -> 65665/16416, CUB 5994 -> 4795/1199."""
+    """docs/method.md section 5 sizes: VOC 5717 -> 4574/1143, COCO 82081 -> 65665/16416, CUB 5994 -> 4795/1199."""
     train, val = labels.train_val_split(num_examples)
     assert (len(train), len(val)) == (num_train, num_val)
 

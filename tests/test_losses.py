@@ -1,4 +1,4 @@
-"""Tests for spml_tf.losses against an independent NumPy statement of SPEC section 2.
+"""Tests for spml_tf.losses against an independent NumPy statement of docs/method.md section 2.
 
 The NumPy statement works in probability space, in float64, with exact logs
 (no 1e-5 epsilon): it is the formula the log-sigmoid implementation computes.
@@ -7,12 +7,15 @@ soft target s (0 <= s < 1), and -1 an annotated (observed) negative, which
 every loss treats as a known negative.
 """
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from spml_tf import config as config_lib
 from spml_tf import losses
+from spml_tf.errors import UsageError
 from spml_tf.label_bank import LabelBank
 
 ALPHA = 0.2
@@ -42,7 +45,7 @@ def sigmoid(x):
 
 
 def numpy_entry_terms(name, labels, logits, alpha=0.0, beta=0.0, ls_coef=0.0, expected_num_pos=0.0):
-    """SPEC's per-entry loss matrix (B x C), one entry at a time; no regulariser.
+    """docs/method.md's per-entry loss matrix (B x C), one entry at a time; no regulariser.
 
     1 - p is computed as sigmoid(-x), which is the same number without the
     cancellation of 1 - sigmoid(x) at large logits (so +-100 stays exact).
@@ -321,7 +324,7 @@ def test_call_returns_one_value_per_example(name):
 
 
 def test_em_value_can_be_negative():
-    """EM on unannotated labels only is -alpha * mean H(p) < 0 (SPEC: negative values are expected)."""
+    """EM on unannotated labels only is -alpha * mean H(p) < 0 (docs/method.md: negative values are expected)."""
     labels = np.zeros((2, 3), dtype=np.float32)
     logits = np.array([[0.0, 1.0, -2.0], [0.5, -0.5, 3.0]], dtype=np.float32)
     value = float(losses.get("em", alpha=ALPHA)(labels, logits))
@@ -506,7 +509,7 @@ def test_epr_regularizer_uses_the_batch_mean_of_per_example_sums():
 
 
 def test_role_value_matches_spec_formula():
-    """ROLE = mean(0.5 (pos(p) + pos(q)) + 0.5 (BCE(p; q) + BCE(q; p))) + 0.5 (EPR(p) + EPR(q)), SPEC's line."""
+    """ROLE = mean(0.5 (pos(p) + pos(q)) + 0.5 (BCE(p; q) + BCE(q; p))) + 0.5 (EPR(p) + EPR(q)) (docs/method.md)."""
     rng = np.random.default_rng(13)
     labels = np.zeros((5, 4), dtype=np.float32)
     labels[np.arange(5), rng.integers(0, 4, 5)] = 1.0
@@ -592,7 +595,7 @@ def test_get_config_round_trip():
 
 
 def test_get_an_ls_defaults_to_spec_smoothing():
-    """get("an_ls") smooths with e = 0.1 (SPEC's table)."""
+    """get("an_ls") smooths with e = 0.1 (docs/method.md's table)."""
     assert losses.get("an_ls").ls_coef == 0.1
 
 
@@ -620,7 +623,7 @@ def test_get_passes_and_round_trips_hyperparameters(name, hyperparameters):
 def test_from_config_passes_hyperparameters_of_the_config(name, overrides):
     """losses.from_config reads ls_coef / expected_num_pos from the Config (not the defaults or the preset)."""
     config = config_lib.from_overrides("digits", loss=name, **overrides)
-    loss = losses.from_config(config)
+    loss = losses.for_config(config)
     assert type(loss) is type(losses.get(name, **overrides)) and loss.name == name
     (key, wanted), = overrides.items()
     assert getattr(loss, key) == wanted
@@ -629,15 +632,15 @@ def test_from_config_passes_hyperparameters_of_the_config(name, overrides):
 
 
 def test_from_config_uses_the_preset_expected_num_pos():
-    """Without an override, k is the preset's: VOC 1.5, COCO 2.9 (SPEC section 2)."""
-    assert losses.from_config(config_lib.from_overrides("voc", loss="epr")).expected_num_pos == 1.5
-    assert losses.from_config(config_lib.from_overrides("coco", loss="role")).expected_num_pos == 2.9
+    """Without an override, k is the preset's: VOC 1.5, COCO 2.9 (docs/method.md section 2)."""
+    assert losses.for_config(config_lib.from_overrides("voc", loss="epr")).expected_num_pos == 1.5
+    assert losses.for_config(config_lib.from_overrides("coco", loss="role")).expected_num_pos == 2.9
 
 
-@pytest.mark.parametrize("name", list(config_lib.LOSSES))
+@pytest.mark.parametrize("name", list(losses.LOSSES))
 def test_from_config_builds_every_configurable_loss(name):
     """Every --loss value of the Config gives the registered class under that name."""
-    loss = losses.from_config(config_lib.from_overrides("digits", loss=name))
+    loss = losses.for_config(config_lib.from_overrides("digits", loss=name))
     assert type(loss) is type(losses.get(name, **CASES[name])) and loss.name == name
 
 
@@ -686,3 +689,25 @@ def test_label_bank_loss_sees_bank_updates():
     np.testing.assert_allclose(before, numpy_loss("em_apl", labels, logits, alpha=ALPHA, beta=BETA), rtol=1e-5)
     np.testing.assert_allclose(after, numpy_loss("em_apl", updated, logits, alpha=ALPHA, beta=BETA), rtol=1e-5)
     assert before != after
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss": "bce"}, "--loss='bce' is not one of full, an, an_ls, wan, epr, role, em, em_apl"),
+    ({"epochs": 4, "warmup_epochs": 4}, "--warmup_epochs=4 must be smaller than --epochs=4 with --loss=em_apl"),
+])
+def test_a_config_the_loss_cannot_train_is_refused(overrides, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        losses.for_config(config_lib.from_overrides("digits", **overrides))
+
+
+def test_every_loss_declares_what_training_needs():
+    """The trainer asks the loss: full labels (the oracle), the example index (ROLE), callbacks (APL)."""
+    context = losses.TrainingContext(config_lib.from_overrides("digits"), bank=None, predictor=None,
+                                     train_eval_dataset=None, full_train_labels=None)
+    for name, loss_class in losses.LOSSES.items():
+        loss = losses.for_config(config_lib.from_overrides("digits", loss=name))
+        assert loss_class.key == name and isinstance(loss, loss_class)
+        assert loss_class.uses_full_labels == (name == "full")
+        assert loss.needs_example_index() == (name == "role")
+        if name != "em_apl":
+            assert loss.callbacks(context) == []

@@ -10,7 +10,7 @@ from spml_tf import metrics
 
 
 def sklearn_average_precisions(y_true, scores):
-    """sklearn's AP of each column; 0 for a column without positives (SPEC section 4)."""
+    """sklearn's AP of each column; 0 for a column without positives (docs/method.md section 4)."""
     y_true = np.asarray(y_true)
     scores = np.asarray(scores)
     aps = []

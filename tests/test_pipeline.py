@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import raw_fixtures
 from spml_tf import datasets, losses, pipeline
 from spml_tf.errors import DataError
 from spml_tf.label_bank import LabelBank
@@ -101,9 +102,7 @@ def test_read_labels_matches_the_build(splits):
 
 
 def test_corrupt_labels_are_refused(tmp_path):
-    from spml_tf import records
-
-    manifest = records.write_split(
+    manifest = raw_fixtures.write_split(
         str(tmp_path), dataset="toy", split="train", class_names=("a", "b"),
         examples=[(tf.io.encode_png(np.zeros((2, 2, 3), np.uint8)).numpy(), "x", [1.0, 0.0], [2.0, 0.0])],
     )

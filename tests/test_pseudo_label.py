@@ -14,7 +14,7 @@ from spml_tf.label_bank import LabelBank, check_encoding
 
 
 def loop_apl_round(labels, probs, initial_unannotated, neg_proportion, num_epochs, warmup_epoch):
-    """SPEC section 3, one class at a time: among entries still 0, the
+    """docs/method.md section 3, one class at a time: among entries still 0, the
     floor(theta * U_c / (T_t - T_w)) with the lowest p (ties: lower example
     index first) become -p."""
     out = labels.copy()
@@ -202,3 +202,41 @@ def test_label_bank_lookup_and_assign():
     after = pseudo_label.apl_round(labels, np.full((3, 2), 0.1, dtype=np.float32), np.array([2, 1]), 1.0, 2, 0)
     bank.assign(after)
     np.testing.assert_array_equal(bank.numpy(), after)
+
+
+class _FixedPredictor:
+    """Stands in for evaluation.Predictor: the same probabilities for every call."""
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    def probabilities(self, dataset, num_examples):
+        assert num_examples == len(self.probs)
+        return self.probs
+
+
+def test_the_callback_does_not_count_annotated_negatives_as_pseudo_negatives():
+    """With --observed_negatives the bank holds -1 (annotated negatives): APL's counts and precision leave them out."""
+    observed = np.array([[1, -1, 0, 0], [0, 1, -1, 0], [0, 0, 1, 0]], np.float32)
+    full = np.array([[1, 0, 0, 1], [0, 1, 0, 0], [1, 0, 1, 0]], np.float32)
+    probs = np.array([[0.9, 0.1, 0.2, 0.8], [0.3, 0.9, 0.1, 0.05], [0.4, 0.2, 0.9, 0.3]], np.float32)
+    bank = LabelBank(observed)
+    callback = pseudo_label.APLCallback(_FixedPredictor(probs), bank, None, full, warmup_epochs=1, num_epochs=2,
+                                        neg_proportion=1.0)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    after = bank.numpy()
+    new = (after < 0) & (observed == 0)
+    assert int(new.sum()) == 7  # every unannotated entry, in one round (theta 1, one round)
+    record = callback.rounds[0]
+    assert record["new_pseudo_negatives"] == 7 and record["total_pseudo_negatives"] == 7  # not 9: two are -1
+    expected_precision = 100.0 * float((full[new] == 0).mean())
+    assert record["precision"] == record["total_precision"] == pytest.approx(expected_precision)
+    assert (after[observed == -1] == -1).all()  # the annotated negatives stay as they were
+    assert logs["apl_total_pseudo_negatives"] == 7
+
+
+def test_a_prediction_of_exactly_one_stays_a_pseudo_negative():
+    labels = np.array([[1, 0]], np.float32)
+    out = pseudo_label.apl_round(labels, np.array([[1.0, 1.0]], np.float32), np.array([0, 1]), 1.0, 2, 1)
+    assert -1 < out[0, 1] < 0 and pseudo_label.is_pseudo_negative(out)[0, 1]

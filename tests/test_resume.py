@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from spml_tf import checkpoint, config as config_lib, pipeline, records, train
+import raw_fixtures
+from spml_tf import checkpoint, config as config_lib, pipeline, records, run_dir, train
 from spml_tf.errors import DataError, TrainingError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,9 +36,9 @@ def train_main(*args):
 
 def outcome(model_dir):
     """What a finished run leaves: its results (bar the paths) and its final label bank."""
-    results = json.load(open(os.path.join(model_dir, train.RESULTS)))
+    results = json.load(open(os.path.join(model_dir, run_dir.RESULTS)))
     del results["config"]["model_dir"]
-    return results, np.load(os.path.join(model_dir, train.LABEL_BANK))
+    return results, np.load(os.path.join(model_dir, run_dir.LABEL_BANK))
 
 
 @pytest.mark.slow
@@ -57,8 +58,8 @@ def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(tiny_digits
     run.wait(60)
     assert run.returncode == -signal.SIGKILL
     epochs_done = checkpoint.latest(str(killed_dir)).epoch
-    assert 1 <= epochs_done < 6 and not (killed_dir / train.RESULTS).exists()
-    assert checkpoint.latest(str(killed_dir)).state["apl"]["rounds"]  # the pseudo-labels are in the checkpoint
+    assert 1 <= epochs_done < 6 and not (killed_dir / run_dir.RESULTS).exists()
+    assert checkpoint.latest(str(killed_dir)).state["callbacks"]["apl"]["rounds"]  # the pseudo-labels are in it
 
     again = train_main(*args, f"--model_dir={killed_dir}")
     assert again.wait(600) == 0, again.stderr.read()[-3000:]
@@ -86,8 +87,7 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_digits_dir, tmp_path):
 
 
 # What Checkpointing writes besides the epoch, in its smallest form.
-STATE = {"stop_training": False, "identity": {}, "history": [], "apl": None,
-         "early_stopping": {"wait": 0, "best": None, "best_epoch": 0}}
+STATE = {"stop_training": False, "identity": {}, "callbacks": {}}
 
 
 class _Model:
@@ -106,9 +106,9 @@ class _Bank:
 
 
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path, monkeypatch):
-    checkpoint.write(str(tmp_path), 1, _Model(), _Bank(0.0), None, STATE)
-    # Killed after the new checkpoint was renamed into place, before LATEST was moved:
-    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(1.0), None, STATE)
+    checkpoint.write(str(tmp_path), 1, _Model(), _Bank(0.0), STATE, {})
+    # Killed after the new checkpoint was written whole, before LATEST was moved:
+    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(1.0), STATE, {})
     (tmp_path / checkpoint.DIRECTORY / checkpoint.LATEST).write_text("epoch-0001\n")
     shutil.copytree(tmp_path / checkpoint.DIRECTORY / "epoch-0002", tmp_path / checkpoint.DIRECTORY / "epoch-0001")
     # ... and another one killed half-way through its weights:
@@ -124,12 +124,12 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path, 
 
     monkeypatch.setattr(checkpoint.np, "save", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.write(str(tmp_path), 3, _Model(), _Bank(2.0), None, STATE)
+        checkpoint.write(str(tmp_path), 3, _Model(), _Bank(2.0), STATE, {})
     assert checkpoint.latest(str(tmp_path)).path.endswith("epoch-0001")
 
 
 def test_a_nan_loss_stops_naming_the_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
-    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(0.0), None, STATE)
+    checkpoint.write(str(tmp_path), 2, _Model(), _Bank(0.0), STATE, {})
     before = sorted(os.listdir(tmp_path / checkpoint.DIRECTORY))
     stop = checkpoint.StopOnNaN(str(tmp_path))
     stop.on_epoch_begin(2)
@@ -183,7 +183,7 @@ def test_labels_of_the_wrong_length_name_the_shard(tmp_path):
     import tensorflow as tf
 
     image = tf.io.encode_png(np.zeros((2, 2, 3), np.uint8)).numpy()
-    manifest = records.write_split(str(tmp_path), dataset="toy", split="train", class_names=("a", "b"),
+    manifest = raw_fixtures.write_split(str(tmp_path), dataset="toy", split="train", class_names=("a", "b"),
                                    examples=[(image, "x.png", [1.0, 0.0, 0.0], [1.0, 0.0, 0.0])])
     with pytest.raises(DataError, match=re.escape(manifest.shard_paths[0]) + " is damaged.*label"):
         pipeline.read_labels(manifest)

@@ -97,3 +97,76 @@ def test_baselines_train(tiny_digits_dir, tmp_path, loss):
     config = _config(tiny_digits_dir, str(tmp_path), loss=loss, epochs=1)
     results = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
     assert np.isfinite(results["history"][0]["loss"]) and 0 < results["test"]["map"] <= 100
+
+
+# --- The trainer's steps, each without a fit -------------------------------------------------------------------------
+
+
+def _steps(tiny_digits_dir, model_dir, **overrides):
+    from spml_tf import distribute, losses
+
+    config = _config(tiny_digits_dir, str(model_dir), **overrides)
+    splits = datasets.load("digits", tiny_digits_dir)
+    labels = {split: splits.labels(split) for split in ("train", "val", "test")}
+    loss = losses.for_config(config)
+    placement = distribute.make_strategy("one_device", config.batch_size)
+    return config, splits, labels, loss, placement
+
+
+def test_make_datasets_gives_the_role_model_its_index_input(tiny_digits_dir, tmp_path):
+    for loss_name, first_input in (("em", (None, 24, 24, 3)), ("role", ((None, 24, 24, 3), (None,)))):
+        config, splits, _, loss, placement = _steps(tiny_digits_dir, tmp_path, loss=loss_name)
+        data = train.make_datasets(config, splits, loss, 1, placement)
+        inputs, index = data.train.element_spec
+        shapes = tuple(spec.shape.as_list() for spec in inputs) if isinstance(inputs, tuple) else inputs.shape.as_list()
+        expected = tuple(list(s) for s in first_input) if isinstance(first_input[0], tuple) else list(first_input)
+        assert shapes == expected and index.shape.as_list() == [None]
+        assert data.train.cardinality().numpy() == 2 * pipeline.batches_per_epoch(splits.train, 32)  # epochs 2, 3
+
+
+def test_build_trainer_compiles_the_classifier_and_its_bank(tiny_digits_dir, tmp_path):
+    for loss_name, bank_labels in (("em_apl", "observed"), ("full", "full")):
+        config, splits, labels, loss, placement = _steps(tiny_digits_dir, tmp_path, loss=loss_name)
+        trainer = train.build_trainer(config, splits, labels["train"], loss, placement, log=lambda line: None)
+        assert trainer.training_model is trainer.model and trainer.model.get_layer("logits").units == 10
+        np.testing.assert_array_equal(trainer.bank.numpy(), getattr(labels["train"], bank_labels))
+        assert trainer.training_model.optimizer.epsilon == 1e-8  # torch's Adam
+    config, splits, labels, loss, placement = _steps(tiny_digits_dir, tmp_path, loss="role")
+    role = train.build_trainer(config, splits, labels["train"], loss, placement, log=lambda line: None)
+    assert role.training_model is not role.model and role.training_model.output_shape == (None, 20)
+
+
+def test_make_callbacks_orders_them_and_hands_the_stateful_ones_to_the_checkpoint(tiny_digits_dir, tmp_path):
+    from spml_tf import checkpoint, evaluation
+
+    config, splits, labels, loss, placement = _steps(tiny_digits_dir, tmp_path)
+    data = train.make_datasets(config, splits, loss, 0, placement)
+    trainer = train.build_trainer(config, splits, labels["train"], loss, placement, log=lambda line: None)
+    callbacks, summary = train.make_callbacks(config, splits, labels, data, trainer, loss, str(tmp_path),
+                                              run_identity={}, resumed=None, log=lambda line: None, verbose=0)
+    kinds = [type(callback).__name__ for callback in callbacks]
+    assert kinds == ["ValidationMAP", "APLCallback", "StopOnNaN", "ResumableEarlyStopping", "TensorBoard",
+                     "EpochSummary", "Checkpointing"]
+    assert isinstance(callbacks[-1], checkpoint.Checkpointing) and summary is callbacks[-2]
+    assert sorted(callbacks[-1].stateful) == ["apl", "early_stopping", "history"]
+    assert isinstance(callbacks[-1].stateful["early_stopping"], evaluation.ResumableEarlyStopping)
+
+
+def test_a_run_directory_on_another_filesystem(tiny_digits_dir):
+    """--model_dir on TensorFlow's ram:// filesystem: trained, resumed (no more training), exported."""
+    import tensorflow as tf
+
+    from spml_tf import export, files, run_dir
+
+    model_dir = f"ram://runs/digits-{os.getpid()}"
+    config = _config(tiny_digits_dir, model_dir, loss="em", epochs=2)
+    first = train.train_and_evaluate(config, log=lambda line: None, verbose=0)
+    for name in (run_dir.RESULTS, run_dir.MODEL_FILE, run_dir.BEST_WEIGHTS, run_dir.LABEL_BANK, run_dir.CHECKPOINT):
+        assert tf.io.gfile.exists(f"{model_dir}/{name}"), name
+    assert files.read_json(f"{model_dir}/{run_dir.RESULTS}")["test"] == first["test"]
+    said = []
+    again = train.train_and_evaluate(config, log=said.append, verbose=0)
+    assert any(f"Resuming {model_dir} after epoch 2" in line for line in said)
+    assert again["history"] == first["history"]
+    version = export.export_run(model_dir, f"ram://serving/digits-{os.getpid()}")
+    assert tf.io.gfile.exists(f"{version}/saved_model.pb")

@@ -3,9 +3,10 @@
 Each image is a 3x3 grid of 8x8 digit scans holding 2 to 6 distinct classes
 (of 10): a 24x24 RGB PNG. Scans for train and test
 mosaics come from disjoint halves of the 1,797 scans. It then goes
-through exactly the path of a real dataset: single-positive observation of
-the official train set (seed 1200) -> 80/20 train/val split -> TFRecord
-shards and manifests, built once into a cache directory and reused.
+through exactly the path of a real dataset: PNG files, single-positive
+observation of the official train set (seed 1200) -> 80/20 train/val split ->
+TFRecord shards and manifests by the converter's shard writer, built once
+into a cache directory and reused.
 """
 
 import json
@@ -16,7 +17,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import file_lock, labels, records
+from spml_tf import file_lock, files, labels, records, shard_writer
+from spml_tf.shard_writer import SplitInput
 from spml_tf.errors import DataError, UsageError, reason
 
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
@@ -29,15 +31,16 @@ GRID = 3  # cells per side
 # on our small CNN: too easy to tell the methods apart.)
 MIN_CLASSES, MAX_CLASSES = 2, 6
 SCALE = 1  # pixels per scan pixel
-SEED = 0  # of the mosaics; observation and split use the SPEC's seed 1200
-VERSION = 5  # bump when the images change, so stale caches are rebuilt
+SEED = 0  # of the mosaics; observation and split use the protocol's seed 1200 (docs/method.md section 4)
+VERSION = 6  # bump when the build changes, so stale caches are rebuilt (6: written by the converter's shard writer)
 SHARD_SIZE_MB = 1  # several small shards, so training interleaves them like a real dataset
 # Written first into a directory the build owns: only such a directory (or a new or empty one) is ever written to.
 MARK = "SPML_TF_DIGITS"
 LOCK = ".lock"  # held while building, so two runs never build into the same directory at once
 BUILD_WAIT_SECONDS = 600  # a build takes about 20 s; waiting longer for another process's means it is stuck
 VERSION_FILE = "VERSION"  # written last: a directory with the current VERSION holds a complete build
-OWN_ENTRIES = ("train", "val", "test", VERSION_FILE, MARK, LOCK)
+IMAGES = "images"  # the mosaics as PNG files, which the converter's shard writer reads
+OWN_ENTRIES = ("train", "val", "test", IMAGES, VERSION_FILE, MARK, LOCK)
 _LEGACY_VERSION = re.compile(r"\d+ observed_negatives=\d+")  # a build made before MARK existed
 
 
@@ -72,35 +75,41 @@ def make_mosaics(num_images, scans, targets, rng):
     return np.repeat(images[..., None], 3, axis=3), label_matrix
 
 
-def _examples(images, ids, full, observed):
-    for image, image_id, full_row, observed_row in zip(images, ids, full, observed):
-        yield tf.io.encode_png(image).numpy(), image_id, full_row, observed_row
+def _write_pngs(directory, images, ids):
+    """The images as PNG files under `directory`, named by id; returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for image, image_id in zip(images, ids):
+        paths.append(os.path.join(directory, f"{image_id}.png"))
+        with open(paths[-1], "wb") as f:
+            f.write(tf.io.encode_png(image).numpy())
+    return paths
 
 
-def build(directory, observed_negatives=0):
-    """Writes train, val and test splits into `directory`, which must be ours (see `ensure`)."""
+def build(directory, observed_negatives=0, log=print):
+    """Writes the images, then train, val and test splits with the converter's shard writer, into `directory`,
+    which must be ours (see `ensure`)."""
     rng = np.random.RandomState(SEED)
     (train_scans, train_targets), (test_scans, test_targets) = _scan_pools()
     train_images, train_full = make_mosaics(NUM_OFFICIAL_TRAIN, train_scans, train_targets, rng)
     test_images, test_full = make_mosaics(NUM_TEST, test_scans, test_targets, rng)
     train_observed = labels.observe_single_positive(train_full, num_negatives=observed_negatives)
     train_idx, val_idx = labels.train_val_split(NUM_OFFICIAL_TRAIN)
-    train_ids = np.array([f"digits_train_{i:05d}" for i in range(NUM_OFFICIAL_TRAIN)])
+    train_ids = np.array([f"digits_train_{i:05d}" for i in range(NUM_OFFICIAL_TRAIN)], dtype=object)
     test_ids = [f"digits_test_{i:05d}" for i in range(NUM_TEST)]
 
     _check_own(directory)
     os.makedirs(directory, exist_ok=True)
     _take(directory)
     _remove_own_build(directory)
-    splits = [(split, _examples(train_images[rows], train_ids[rows], train_full[rows], train_observed[rows]))
-              for split, rows in (("train", train_idx), ("val", val_idx))]
+    train_paths = np.array(_write_pngs(os.path.join(directory, IMAGES, "train"), train_images, train_ids))
+    test_paths = _write_pngs(os.path.join(directory, IMAGES, "test"), test_images, test_ids)
+    splits = [SplitInput(split, tuple(train_paths[rows]), tuple(train_ids[rows]), train_full[rows],
+                         train_observed[rows]) for split, rows in (("train", train_idx), ("val", val_idx))]
     # Test images carry full labels only: nothing is hidden, observed = full.
-    splits.append(("test", _examples(test_images, test_ids, test_full, test_full)))
-    for split, examples in splits:
-        records.write_split(os.path.join(directory, split), dataset="digits", split=split, class_names=CLASS_NAMES,
-                            examples=examples, shard_size_mb=SHARD_SIZE_MB)
-    with open(os.path.join(directory, VERSION_FILE), "w") as f:
-        f.write(_version(observed_negatives))
+    splits.append(SplitInput("test", tuple(test_paths), tuple(test_ids), test_full, test_full))
+    shard_writer.write_splits(directory, "digits", CLASS_NAMES, splits, shard_size_mb=SHARD_SIZE_MB, log=log)
+    files.write_text(os.path.join(directory, VERSION_FILE), _version(observed_negatives))
 
 
 def _version(observed_negatives):
@@ -141,7 +150,7 @@ def ensure(directory, observed_negatives=0, log=print):
             return  # built by the process we waited for
         log(f"Building the embedded digits dataset in {directory} (once) ...")
         try:
-            build(directory, observed_negatives)
+            build(directory, observed_negatives, log)
         except (OSError, tf.errors.OpError) as error:  # a full disk, a file-size limit
             raise DataError(f"could not build the digits dataset in {directory} ({reason(error)}); free space and "
                             "run again: the half-written build is replaced") from None
@@ -195,7 +204,7 @@ def _take(directory):
 
 def _remove_own_build(directory):
     """Deletes an earlier (outdated or half-written) build: only the entries the build itself writes."""
-    for name in ("train", "val", "test"):
+    for name in ("train", "val", "test", IMAGES):
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     if os.path.exists(os.path.join(directory, VERSION_FILE)):
         os.remove(os.path.join(directory, VERSION_FILE))

@@ -44,7 +44,7 @@ class Source:
     """A dataset as released: its class list, official train set, and test set.
 
     `val` is None when validation is carved out of the official train set
-    (SPEC section 4); a user's own data may bring its own. For the official
+    (docs/method.md section 4); a user's own data may bring its own. For the official
     datasets `train.labels` are the FULL labels, from which the converter
     makes the single-positive observed ones. For a user's own data they are
     already the observed positives and the full labels are unknown

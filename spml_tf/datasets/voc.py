@@ -18,7 +18,7 @@ CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-EXPECTED = {"train": 5717, "test": 5823}  # images with a positive, SPEC section 5
+EXPECTED = {"train": 5717, "test": 5823}  # images with a positive, docs/method.md section 5
 
 
 def find_root(raw_dir):
