@@ -1,5 +1,6 @@
 """What every command line here shares: a bad flag or bad data is one line on stderr and an exit code."""
 
+import os
 import sys
 import traceback
 
@@ -7,6 +8,12 @@ from absl import flags
 
 from spml_tf import stopping
 from spml_tf.errors import DataError, TrainingError, UsageError
+
+
+def program_name(default):
+    """The name errors start with: the installed command's (`spml-train`, ...) when run as one, else `default`."""
+    name = os.path.basename(sys.argv[0])
+    return name if name.startswith("spml-") else default
 
 
 def flags_parser(program):

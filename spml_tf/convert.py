@@ -242,6 +242,12 @@ def config_from_flags():
     return ConvertConfig(**{key: value for key, value in values.items() if value is not None})
 
 
-if __name__ == "__main__":
+def main():
+    """`spml-convert` and `python -m spml_tf.convert`."""
     define_flags()
-    app.run(cli.main_for("convert", lambda: convert(config_from_flags())), flags_parser=cli.flags_parser("convert"))
+    program = cli.program_name("convert")
+    app.run(cli.main_for(program, lambda: convert(config_from_flags())), flags_parser=cli.flags_parser(program))
+
+
+if __name__ == "__main__":
+    main()

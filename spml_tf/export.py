@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from spml_tf import cli, image_limits, run_dir
+from spml_tf import cli, image_limits
 from spml_tf import config as config_lib
-from spml_tf.errors import DataError, UsageError, reason
+from spml_tf.errors import UsageError
 
 
 
@@ -106,33 +106,11 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=co
 def export_run(model_dir, export_base, threshold=config_lib.THRESHOLD,
                max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """Exports the model of a finished training run (its model.keras and results.json)."""
-    import zipfile
+    from spml_tf import classifier
 
-    import keras
-    import tensorflow as tf
-
-    from spml_tf import files
-
-    model_path = files.join(model_dir, run_dir.MODEL_FILE)
-    results_path = files.join(model_dir, run_dir.RESULTS)
-    for path in (model_path, results_path):
-        if not tf.io.gfile.exists(path):
-            raise UsageError(f"{path} not found: --model_dir must be the directory of a finished training run")
-    retrain = "; train the run again (the same command resumes and rewrites it)"
-    try:
-        results = files.read_json(results_path)
-        class_names, image_size = results["class_names"], results["config"]["image_size"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{results_path} is damaged ({error}){retrain}") from None
-    with tf.io.gfile.GFile(model_path, "rb") as f:
-        complete = zipfile.is_zipfile(f)  # Keras says "File not found" for a truncated archive
-    if not complete:
-        raise DataError(f"{model_path} is damaged (not a complete .keras archive){retrain}")
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise DataError(f"{model_path} does not load ({reason(error)}){retrain}") from None
-    return export_saved_model(model, class_names, image_size, export_base, threshold, max_pixels)
+    model, results = classifier.load_run(model_dir)
+    return export_saved_model(model, results["class_names"], results["config"]["image_size"], export_base, threshold,
+                              max_pixels)
 
 
 def define_flags():
@@ -154,6 +132,12 @@ def run():
     print(f"Exported to {version_dir}")
 
 
-if __name__ == "__main__":
+def main():
+    """`spml-export` and `python -m spml_tf.export`."""
     define_flags()
-    app.run(cli.main_for("export", run), flags_parser=cli.flags_parser("export"))
+    program = cli.program_name("export")
+    app.run(cli.main_for(program, run), flags_parser=cli.flags_parser(program))
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,17 @@ def mean_average_precision(y_true, scores):
     return 100.0 * float(np.mean(average_precision_per_class(y_true, scores)))
 
 
+def per_class_ap(y_true, scores, class_names):
+    """{class name: AP in percent} (results.json's per-class AP)."""
+    return dict(zip(class_names, (100.0 * average_precision_per_class(y_true, scores)).tolist()))
+
+
+def worst_classes(per_class, count=None):
+    """[(class, AP)] sorted by AP, worst first (ties by name); the first `count`, or all."""
+    ranked = sorted(per_class.items(), key=lambda item: (item[1], item[0]))
+    return ranked if count is None else ranked[:count]
+
+
 def f1_scores(y_true, scores, threshold):
     """(micro F1, macro F1) in percent of `scores >= threshold` against y_true."""
     y_true = np.asarray(y_true) > 0

@@ -14,8 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from spml_tf import export, image_limits
-from spml_tf.errors import reason
+from spml_tf import classifier, cli, export, image_limits
 
 
 def resolve_version(path):
@@ -28,23 +27,6 @@ def resolve_version(path):
     if not found:
         raise FileNotFoundError(f"{path} holds no saved_model.pb and no integer version directory")
     return os.path.join(path, str(max(found)))
-
-
-def read_image_file(path, max_pixels):
-    """(bytes, None), or (None, why the file cannot be predicted): missing, a directory, unreadable, too large."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
-        return None, "does not exist"
-    if tf.io.gfile.isdir(path):
-        return None, "is a directory, not an image file"
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
-    except tf.errors.OpError as error:
-        return None, f"cannot be read ({reason(error)})"
-    problem = image_limits.problem(data, max_pixels)
-    return (None, problem) if problem else (data, None)
 
 
 def predict_files(saved_model_dir, paths, top_k=None, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
@@ -61,7 +43,7 @@ def predict_files(saved_model_dir, paths, top_k=None, max_pixels=image_limits.DE
     threshold = float(metadata["threshold"].numpy())
     serve = loaded.signatures["serving_default"]
     for path in paths:
-        data, problem = read_image_file(path, max_pixels)
+        data, problem = classifier.read_image_file(path, max_pixels)
         if problem:
             yield path, None, problem
             continue
@@ -81,36 +63,42 @@ def define_flags():
                          "Refuse an image whose header declares more pixels than this, before decoding it.")
 
 
-def main(argv):
+def _main(argv):
+    program = cli.program_name("predict")
     sys.stdout.reconfigure(line_buffering=True)  # each result reaches a pipe as it is printed
     FLAGS = flags.FLAGS
     paths = argv[1:]
     if not FLAGS.saved_model or not paths:
-        print("predict: error: usage: python -m spml_tf.predict --saved_model=DIR IMAGE [IMAGE ...]", file=sys.stderr)
+        print(f"{program}: error: usage: {program} --saved_model=DIR IMAGE [IMAGE ...]", file=sys.stderr)
         sys.exit(2)
     if FLAGS.max_image_pixels < 1 or (FLAGS.top_k is not None and FLAGS.top_k < 1):
-        print("predict: error: --max_image_pixels and --top_k must be at least 1", file=sys.stderr)
+        print(f"{program}: error: --max_image_pixels and --top_k must be at least 1", file=sys.stderr)
         sys.exit(2)
     failed = 0
     try:
         for path, labels, problem in predict_files(FLAGS.saved_model, paths, FLAGS.top_k, FLAGS.max_image_pixels):
             if problem:
                 failed += 1
-                print(f"predict: error: {path} {problem}", file=sys.stderr, flush=True)
+                print(f"{program}: error: {path} {problem}", file=sys.stderr, flush=True)
                 continue
             shown = ", ".join(f"{name} {p:.3f}" for name, p in labels) or "(no class above the threshold)"
             print(f"{path}: {shown}", flush=True)
     except FileNotFoundError as error:
-        print(f"predict: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("predict: interrupted", file=sys.stderr)
+        print(f"{program}: interrupted", file=sys.stderr)
         sys.exit(130)
     if failed:
-        print(f"predict: {failed} of {len(paths)} input(s) failed", file=sys.stderr)
+        print(f"{program}: {failed} of {len(paths)} input(s) failed", file=sys.stderr)
     sys.exit(1 if failed else 0)
 
 
-if __name__ == "__main__":
+def main():
+    """`spml-predict` and `python -m spml_tf.predict`."""
     define_flags()
-    app.run(main)
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,11 @@
 """Builds and runs a training, step by step: data, trainer (model, loss over the label bank), callbacks, fit, evaluate
 the best epoch, save. Each step is a function of its own; `train_and_evaluate` reads as their table of contents."""
 
+if __name__ == "__main__":  # `python -m spml_tf.train`: the command line, set up before TensorFlow is imported
+    from spml_tf import train_cli
+
+    train_cli.main("spml_tf.train")
+
 import dataclasses
 import os
 import time
@@ -26,8 +31,11 @@ def default_model_dir(config):
     return os.path.join(base, "runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def train_and_evaluate(config, log=print, verbose=1):
+def train_and_evaluate(config, log=print, verbose=1, per_class=False):
     """Trains `config`, selects the epoch with the best validation mAP and returns the results dict.
+
+    Prints the metrics at the best epoch and the ten classes with the lowest
+    test AP (every class with `per_class`).
 
     Writes results.json, the best weights, the final model and TensorBoard logs
     under config.model_dir (a fresh directory under runs/ when empty; any
@@ -43,7 +51,7 @@ def train_and_evaluate(config, log=print, verbose=1):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
     try:
-        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, verbose)
+        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, verbose, per_class)
     except distribute.LOST_WORKER_ERRORS as error:
         if placement.num_workers == 1:
             raise
@@ -52,7 +60,7 @@ def train_and_evaluate(config, log=print, verbose=1):
         keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
 
 
-def _run(config, placement, model_dir, log, verbose):
+def _run(config, placement, model_dir, log, verbose, per_class):
     """Every step, under the precision policy, in the locked run directory."""
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
@@ -78,7 +86,7 @@ def _run(config, placement, model_dir, log, verbose):
         fit(trainer, data, callbacks, config, first_epoch, splits, verbose)
         results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
         save_run(model_dir, trainer, results)
-    log(format_results(results))
+    log(format_results(results, per_class))
     log(f"Results, best weights and TensorBoard logs are in {model_dir}")
     return results
 
@@ -203,18 +211,21 @@ def evaluate_best_epoch(config, splits, labels, data, trainer, summary, callback
     best = max(summary.records, key=lambda record: record["val_map"])
     val_probs = trainer.predictor.probabilities(data.val, splits.val.num_examples)
     val_truth = labels["val"].full if splits.val.full_labels_known else _validation_targets(config, labels["val"])
-    test_metrics = None
+    names = list(splits.class_names)
+    test_metrics = test_per_class = None
     if data.test is not None:
         test_probs = trainer.predictor.probabilities(data.test, splits.test.num_examples)
         test_metrics = metrics.evaluate(labels["test"].full, test_probs, config.threshold)
+        test_per_class = metrics.per_class_ap(labels["test"].full, test_probs, names)
     results = {
         "config": dataclasses.asdict(config),
-        "class_names": list(splits.class_names),
+        "class_names": names,
         "history": summary.records,
         "apl_rounds": [],
         "best_epoch": best["epoch"],
         "val": metrics.evaluate(val_truth, val_probs, config.threshold),
         "test": test_metrics,
+        "per_class_ap": {"val": metrics.per_class_ap(val_truth, val_probs, names), "test": test_per_class},
     }
     for callback in callbacks:  # what a loss's callbacks report (APL: its rounds)
         if hasattr(callback, "results"):
@@ -255,12 +266,19 @@ def _fit_to_known_labels(config, splits, log):
     return config
 
 
-def format_results(results):
-    """A small table of the val and test metrics at the best epoch."""
+def format_results(results, per_class=False, worst=10):
+    """A small table of the val and test metrics at the best epoch, then the classes by AP, worst first: the
+    `worst` lowest, or all of them with `per_class`."""
     labels = "full" if results["config"]["val_set_variant"] == "clean" else "single-positive"
     test = results["test"]
     lines = [f"Best epoch {results['best_epoch']} (by validation mAP, {labels} labels)",
              f"{'metric':<16}{'val':>8}{'test' if test else '':>8}"]
     for key in results["val"]:
         lines.append(f"{key:<16}{results['val'][key]:>8.2f}" + (f"{test[key]:>8.2f}" if test else ""))
+    split = "test" if test else "val"
+    aps = results["per_class_ap"][split]
+    shown = metrics.worst_classes(aps, None if per_class else worst)
+    more = "" if len(shown) == len(aps) else f" ({len(aps) - len(shown)} more with --per_class)"
+    lines.append(f"AP per class on {split}, worst first{more}:")
+    lines += [f"  {name:<22}{ap:>8.2f}" for name, ap in shown]
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 """train_main.py as a user runs it: bad input gives one clear line and exit code 2 (1 for bad data)."""
 
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -96,3 +98,41 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     model_dir = tmp_path / "run"
     result = run("--dataset=voc", f"--data_dir={tmp_path / 'nowhere'}", "--weights=none", f"--model_dir={model_dir}")
     assert result.returncode == 2 and not model_dir.exists()
+
+
+@pytest.mark.slow
+def test_runs_as_a_module_from_any_directory_with_paths_relative_to_it(tiny_digits_dir, tmp_path):
+    """`python -m spml_tf.train` (what `spml-train` runs) from the user's own folder: relative paths are theirs."""
+    shutil.copytree(tiny_digits_dir, tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-m", "spml_tf.train", "--data_dir=data", "--model_dir=run", "--loss=an",
+                             "--epochs=1", "--per_class"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.load(open(tmp_path / "run" / "results.json"))
+    worst_first = sorted(results["per_class_ap"]["test"].items(), key=lambda item: (item[1], item[0]))
+    listed = result.stdout.split("AP per class on test, worst first:\n", 1)[1].splitlines()[:10]
+    assert [line.split()[0] for line in listed] == [name for name, _ in worst_first]
+
+    result = subprocess.run([sys.executable, "-m", "spml_tf.report", "--model_dir=run", "--out_dir=charts"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "charts")) == ["per_class_ap.png", "training.png"]
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tiny_digits_dir, tmp_path):
+    """README's "From Python" block, run as written in a fresh process (two epochs, on the small digits build)."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("### From Python\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert "epochs=4, warmup_epochs=2" in block
+    block = block.replace("epochs=4, warmup_epochs=2", "epochs=2, warmup_epochs=1")
+    for i, name in enumerate(("a.jpg", "b.png")):  # the two image files it predicts
+        shutil.copy(sorted(glob.glob(os.path.join(tiny_digits_dir, "images", "**", "*.png"), recursive=True))[i],
+                    tmp_path / name)
+    script = block + "\nassert probabilities.shape == (2, 10) and len(classifier.labels(probabilities)) == 2\n"
+    env = {**os.environ, "PYTHONPATH": ROOT, "SPML_TF_DATA": os.path.dirname(tiny_digits_dir)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "runs" / "notebook" / "results.json")

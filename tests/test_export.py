@@ -15,7 +15,8 @@ import tensorflow as tf
 
 import raw_fixtures
 from spml_tf import config as config_lib
-from spml_tf import datasets, export, pipeline, train
+from spml_tf import classifier, datasets, export, pipeline, report, train
+from spml_tf.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -238,3 +239,31 @@ def test_export_command_errors(tmp_path):
                              f"--export_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT,
                             timeout=300)
     assert result.returncode == 2 and "finished training run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_finished_run_predicts_from_python_as_the_exported_model_does(tiny_digits_dir, run_dir, exported, tmp_path):
+    """Classifier.from_run (the library's way) gives the SavedModel's probabilities and labels for the same files."""
+    paths = []
+    for i, encoded in enumerate(_test_images(tiny_digits_dir, 3)):
+        paths.append(str(tmp_path / f"image{i}.png"))
+        open(paths[-1], "wb").write(encoded)
+    model = classifier.Classifier.from_run(run_dir, threshold=0.3)
+    probabilities = model.predict_files(paths)
+    served = tf.saved_model.load(exported[1]).signatures["serving_default"](
+        image_bytes=tf.constant([open(path, "rb").read() for path in paths]))
+    np.testing.assert_allclose(probabilities, served["probabilities"].numpy(), atol=1e-5)
+    expected = [[name.decode() for name in row if name] for row in served["labels"].numpy()]
+    assert model.labels(probabilities) == expected
+    assert model.class_names == json.load(open(os.path.join(run_dir, "results.json")))["class_names"]
+
+    broken = str(tmp_path / "broken.png")
+    open(broken, "wb").write(b"not an image")
+    with pytest.raises(DataError, match="broken.png is not a decodable"):
+        model.predict_files([paths[0], broken])
+
+
+def test_report_charts_a_finished_run(run_dir, tmp_path):
+    written = report.render(run_dir, str(tmp_path))
+    # An `em` run: no APL rounds, so no APL chart.
+    assert sorted(os.path.basename(path) for path in written) == sorted([report.TRAINING, report.PER_CLASS])
+    assert all(open(path, "rb").read(4) == b"\x89PNG" for path in written)

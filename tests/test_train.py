@@ -41,6 +41,22 @@ def test_em_apl_trains_and_pseudo_labels_after_warmup(tiny_digits_dir, tmp_path)
         assert os.path.exists(tmp_path / name), name
     stored = json.load(open(tmp_path / "results.json"))
     assert stored["config"]["loss"] == "em_apl" and stored["test"] == results["test"]
+    # Per-class AP by class name, whose mean is the mAP.
+    for split in ("val", "test"):
+        per_class = stored["per_class_ap"][split]
+        assert list(per_class) == stored["class_names"]
+        assert np.mean(list(per_class.values())) == pytest.approx(stored[split]["map"], abs=1e-9)
+
+
+def test_the_end_of_a_run_lists_the_classes_worst_first():
+    results = {"config": {"val_set_variant": "clean"}, "best_epoch": 2, "val": {"map": 50.0}, "test": {"map": 40.0},
+               "per_class_ap": {"val": {"a": 50.0}, "test": {f"c{i:02d}": 100.0 - i for i in range(12)}}}
+    lines = train.format_results(results).splitlines()
+    start = lines.index("AP per class on test, worst first (2 more with --per_class):")
+    assert [line.split() for line in lines[start + 1:]] == [[f"c{i:02d}", f"{100.0 - i:.2f}"]
+                                                           for i in range(11, 1, -1)]
+    every = train.format_results(results, per_class=True).splitlines()
+    assert "AP per class on test, worst first:" in every and every[-1].split() == ["c00", "100.00"]
 
 
 def test_patience_zero_stops_at_first_non_improvement(tiny_digits_dir, tmp_path):

@@ -1,0 +1,144 @@
+"""A finished run as PNG charts: `spml-report --model_dir=RUN` (or `python -m spml_tf.report`).
+
+Reads RUN/results.json only and writes, beside it (or under --out_dir):
+  training.png       training loss and validation mAP per epoch, the best epoch marked
+  apl.png            APL's pseudo-negatives per round and their precision (runs with APL)
+  per_class_ap.png   every class's AP on test (val when there is no test split), worst first
+
+Needs matplotlib: `pip install "spml-tf[report]"` (a clone: requirements-report.txt).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+from spml_tf import cli, metrics, run_dir
+from spml_tf.errors import DataError, UsageError
+
+TRAINING = "training.png"
+APL = "apl.png"
+PER_CLASS = "per_class_ap.png"
+
+
+def render(model_dir, out_dir=None):
+    """Writes the charts of the run in `model_dir`; returns the paths written."""
+    import tensorflow as tf
+
+    from spml_tf import files
+
+    results_path = files.join(model_dir, run_dir.RESULTS)
+    if not tf.io.gfile.exists(results_path):
+        raise UsageError(f"{results_path} not found: --model_dir must be the directory of a finished training run")
+    try:
+        results = files.read_json(results_path)
+        history = results["history"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{results_path} is damaged ({error})") from None
+    pyplot = _pyplot()
+    out_dir = out_dir or model_dir
+    tf.io.gfile.makedirs(out_dir)
+    written = [_save(pyplot, _training_figure(pyplot, history, results.get("best_epoch")), out_dir, TRAINING)]
+    rounds = results.get("apl_rounds") or []
+    if rounds:
+        written.append(_save(pyplot, _apl_figure(pyplot, rounds), out_dir, APL))
+    per_class = results.get("per_class_ap") or {}
+    split = "test" if per_class.get("test") else "val"
+    if per_class.get(split):
+        written.append(_save(pyplot, _per_class_figure(pyplot, per_class[split], split), out_dir, PER_CLASS))
+    return written
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError('the charts need matplotlib: pip install "spml-tf[report]" '
+                         "(in a clone: pip install -r requirements-report.txt)") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def _save(pyplot, figure, out_dir, name):
+    import tensorflow as tf
+
+    from spml_tf import files
+
+    path = files.join(out_dir, name)
+
+    def write(temporary):
+        with tf.io.gfile.GFile(temporary, "wb") as f:
+            figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
+
+    files.replace(path, write)
+    pyplot.close(figure)
+    return path
+
+
+def _training_figure(pyplot, history, best_epoch):
+    epochs = [record["epoch"] for record in history]
+    figure, (loss_axes, map_axes) = pyplot.subplots(1, 2, figsize=(10, 3.6))
+    loss_axes.plot(epochs, [record.get("loss", float("nan")) for record in history], marker="o")
+    loss_axes.set(title="training loss", xlabel="epoch")
+    map_axes.plot(epochs, [record.get("val_map", float("nan")) for record in history], marker="o", color="tab:green")
+    if best_epoch is not None:
+        map_axes.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
+        map_axes.legend(loc="lower right")
+    map_axes.set(title="validation mAP (%)", xlabel="epoch")
+    for axes in (loss_axes, map_axes):
+        axes.grid(alpha=0.3)
+    return figure
+
+
+def _apl_figure(pyplot, rounds):
+    epochs = [record["epoch"] for record in rounds]
+    figure, (count_axes, precision_axes) = pyplot.subplots(1, 2, figsize=(10, 3.6))
+    count_axes.bar(epochs, [record["new_pseudo_negatives"] for record in rounds], label="new")
+    count_axes.plot(epochs, [record["total_pseudo_negatives"] for record in rounds], marker="o", color="tab:orange",
+                    label="total")
+    count_axes.set(title="APL pseudo-negatives per round", xlabel="epoch")
+    count_axes.legend()
+    if "precision" in rounds[0]:
+        precision_axes.plot(epochs, [record["precision"] for record in rounds], marker="o", label="new")
+        precision_axes.plot(epochs, [record["total_precision"] for record in rounds], marker="o", label="total")
+        precision_axes.set(title="precision of the pseudo-negatives (%)", xlabel="epoch")
+        precision_axes.legend()
+    else:
+        precision_axes.text(0.5, 0.5, "precision unknown\n(no full training labels)", ha="center", va="center")
+        precision_axes.set_axis_off()
+    return figure
+
+
+def _per_class_figure(pyplot, per_class_ap, split):
+    ranked = metrics.worst_classes({name: ap for name, ap in per_class_ap.items() if ap is not None})
+    figure, axes = pyplot.subplots(figsize=(7, max(2.5, 0.22 * len(ranked) + 1)))
+    axes.barh([name for name, _ in ranked], [ap for _, ap in ranked])
+    axes.invert_yaxis()  # worst at the top
+    axes.set(title=f"AP per class on {split} (%)", xlim=(0, 100))
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "Directory of a finished training run.")
+    flags.DEFINE_string("out_dir", None, "Where the PNG files go (default: the run directory).")
+
+
+def run():
+    if not flags.FLAGS.model_dir:
+        raise UsageError("--model_dir is required")
+    for path in render(flags.FLAGS.model_dir, flags.FLAGS.out_dir):
+        print(f"Wrote {path}")
+
+
+def main():
+    define_flags()
+    program = cli.program_name("report")
+    app.run(cli.main_for(program, run), flags_parser=cli.flags_parser(program))
+
+
+if __name__ == "__main__":
+    main()

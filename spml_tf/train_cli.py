@@ -1,0 +1,103 @@
+"""The training command: `spml-train`, `python -m spml_tf.train` and the clone's `python train_main.py`.
+
+Its flags are defined when this module is imported (the clone's flags.py
+re-exports them). Flags that a dataset preset sets (docs/method.md section 4)
+default to None: the preset fills them, and a flag given on the command line
+wins. Importing this module imports no TensorFlow: a bad flag is answered at
+once, and `main` installs the signal handling before TensorFlow starts its
+threads.
+"""
+
+import os
+
+from absl import flags
+
+from spml_tf import cli, export
+from spml_tf import config as config_lib
+
+flags.DEFINE_enum("dataset", "digits", config_lib.DATASETS, "Dataset; `digits` is embedded (no download).")
+flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord splits (default: the dataset's cache).")
+flags.DEFINE_string("model_dir", None, "Where results.json, weights and TensorBoard logs go (default: runs/...).")
+flags.DEFINE_string("loss", None, "Training loss (default em_apl; the README's method table lists them, and an "
+                    "unknown name is answered with the list).")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_integer("batch_size", None, "GLOBAL batch size, split evenly over the replicas (GPUs x workers).")
+flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
+flags.DEFINE_float("alpha", None, "EM: weight of the entropy term on unannotated labels.")
+flags.DEFINE_float("beta", None, "APL: weight of the loss on negative pseudo-labels.")
+flags.DEFINE_integer("warmup_epochs", None, "APL runs after every epoch >= this one (epochs count from 1).")
+flags.DEFINE_float("neg_proportion", None, "APL: share of the unannotated labels made negative in all (theta).")
+flags.DEFINE_float("ls_coef", None, "an_ls: label smoothing coefficient.")
+flags.DEFINE_float("expected_num_pos", None, "epr, role: expected number of positives per image (k).")
+flags.DEFINE_integer("observed_negatives", None,
+                     "Negatives per image the observation process keeps (Cole et al.'s num_neg; digits only: "
+                     "other datasets fix it when converted).")
+flags.DEFINE_enum("train_set_variant", None, config_lib.LABEL_VARIANTS,
+                  "observed: single-positive training labels; clean: all labels (the `full` oracle).")
+flags.DEFINE_enum("val_set_variant", None, config_lib.LABEL_VARIANTS,
+                  "clean: select the epoch on full validation labels; observed: on single-positive ones.")
+flags.DEFINE_enum("backbone", None, config_lib.BACKBONES, "Backbone network.")
+flags.DEFINE_string("weights", None, "Backbone weights: imagenet, none, or a path to a weights file.")
+flags.DEFINE_boolean("freeze_backbone", None, "Train only the linear head (linear probing).")
+flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
+flags.DEFINE_boolean("random_flip", None, "Random horizontal flip when training.")
+flags.DEFINE_integer("seed", None, "Seed of weight initialisation and shuffling.")
+flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement before stopping (paper: 0).")
+flags.DEFINE_boolean("deterministic", None, "TensorFlow op determinism and an ordered input pipeline: the same "
+                     "command gives the same results, and a resumed run the results of an uninterrupted one "
+                     "(a little slower).")
+flags.DEFINE_enum("strategy", None, config_lib.STRATEGIES,
+                  "auto: MirroredStrategy over every visible GPU when there are several, else one device; "
+                  "multi_worker: MultiWorkerMirroredStrategy configured from TF_CONFIG (see README).")
+flags.DEFINE_enum("mixed_precision", None, config_lib.MIXED_PRECISIONS,
+                  "none, or a mixed policy (mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent "
+                  "CPUs/GPUs); logits, losses and metrics stay float32.")
+flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step.")
+flags.DEFINE_float("worker_timeout", None, "multi_worker: seconds to wait for every worker of TF_CONFIG to start "
+                   "before giving up (default 300).")
+flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
+flags.DEFINE_boolean("per_class", False, "At the end, print every class's AP (default: the ten worst on test).")
+
+flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
+flags.DEFINE_float("serving_threshold", config_lib.THRESHOLD,
+                   "Exported model: probability from which a class is in `labels`.")
+
+# Flags whose value becomes the Config field of the same name.
+CONFIG_FLAGS = (
+    "data_dir", "model_dir", "loss", "epochs", "batch_size", "learning_rate", "alpha", "beta",
+    "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
+    "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
+    "random_flip", "seed", "patience", "deterministic", "strategy", "mixed_precision", "jit_compile",
+    "worker_timeout",
+)
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+    """The dataset preset with every flag the user set replacing the preset's value."""
+    overrides = {name: getattr(FLAGS, name) for name in CONFIG_FLAGS if getattr(FLAGS, name) is not None}
+    return config_lib.from_overrides(FLAGS.dataset, **overrides)
+
+
+def run():
+    config = config_from_flags()
+    export.check_threshold(FLAGS.serving_threshold)
+    from spml_tf import train  # imports TensorFlow: after the flags are known to be good
+
+    results = train.train_and_evaluate(config, per_class=FLAGS.per_class)
+    if FLAGS.export_dir:
+        version_dir = export.export_run(results["config"]["model_dir"], FLAGS.export_dir, FLAGS.serving_threshold)
+        print(f"Exported the SavedModel for TF Serving to {version_dir}")
+
+
+def main(program=None):
+    """The command line: flags, then training; errors are one line (cli.main_for)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    from absl import app
+
+    from spml_tf import stopping
+
+    program = program or cli.program_name("spml-train")
+    stopping.install(program)  # before TensorFlow starts its threads: they inherit the blocked signals
+    app.run(cli.main_for(program, run), flags_parser=cli.flags_parser(program))
