@@ -1,12 +1,16 @@
-"""Quality benchmark: every SPML loss trained by the same code on the embedded digits dataset.
+"""Quality benchmark: every SPML method trained by the same code on the embedded digits dataset.
 
-    python bench/quality.py [--seeds=3] [--losses=full,an,...] [--output=FILE.json]
+    python bench/quality.py [--seeds=3] [--losses=full,an,...,ll_r+boostlu] [--output=FILE.json]
+
+A method is a loss name, or `<loss>+boostlu` for the loss with the BoostLU head
+(default: every loss with the linear head, then LL-R and EM+APL with BoostLU).
 
 Protocol (the paper's): each run selects its epoch on VALIDATION mAP with full
 labels and reports TEST mAP at that epoch; the test set is never used to
 select anything. The learning rate of every method comes from the same small
-search (`--lr_grid`, one run each with seed 0, chosen on validation mAP); the
-reported runs then use seeds 1..N. Writes the JSON to --output and a Markdown
+search (`--lr_grid`, one run each with seed 0, chosen on validation mAP; a
+single rate is used as it is, without a search); the reported runs then use
+seeds 1..N. Writes the JSON to --output and a Markdown
 table (.md) and a chart (.png) beside it.
 """
 
@@ -28,9 +32,10 @@ from spml_tf import config as config_lib  # noqa: E402
 from spml_tf import losses  # noqa: E402
 
 ALL_LOSSES = tuple(losses.LOSSES)
+DEFAULT_METHODS = ALL_LOSSES + ("ll_r+boostlu", "em_apl+boostlu")
 
 flags.DEFINE_integer("seeds", 3, "Seeds per method (1..N).")
-flags.DEFINE_list("losses", list(ALL_LOSSES), "Methods to train.")
+flags.DEFINE_list("losses", list(DEFAULT_METHODS), "Methods to train: loss names, or <loss>+boostlu.")
 flags.DEFINE_list("lr_grid", ["3e-4", "1e-3"], "Learning rates searched for every method (seed 0, val mAP).")
 flags.DEFINE_string("output", "bench/results/quality.json", "Where the JSON goes (.md and .png beside it).")
 flags.DEFINE_string("data_dir", "", "digits data directory (default: the cache).")
@@ -94,43 +99,53 @@ def chart(results, path):
     names = list(results)
     means = [results[name]["mean"] for name in names]
     stds = [results[name]["std"] for name in names]
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure, axis = plt.subplots(figsize=(12, 4))
     axis.bar(names, means, yerr=stds, capsize=4, color=["#888" if n in ("full", "an") else "#4a7" for n in names])
     low = min(m - s for m, s in zip(means, stds))
     axis.set_ylim(max(0.0, low - 2.0), 100.5)
     axis.set_ylabel("test mAP (%)")
-    axis.set_title("SPML losses on the embedded digits dataset (mean +- std over seeds)")
+    axis.set_title("SPML methods on the embedded digits dataset (mean +- std over seeds)")
+    axis.tick_params(axis="x", labelrotation=30)
     for x, (mean, std) in enumerate(zip(means, stds)):
         axis.text(x, min(mean + std + 0.2, 99.5), f"{mean:.1f}", ha="center", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
+def parse_method(method):
+    """"em_apl" -> ("em_apl", "linear"); "ll_r+boostlu" -> ("ll_r", "boostlu"); None if not a method."""
+    loss, _, head = method.partition("+")
+    head = head or "linear"
+    return (loss, head) if loss in ALL_LOSSES and head in config_lib.HEADS else None
+
+
 def main(argv):
     del argv
-    unknown = set(FLAGS.losses) - set(ALL_LOSSES)
+    unknown = [method for method in FLAGS.losses if parse_method(method) is None]
     if unknown:
-        raise app.UsageError(f"--losses: unknown {sorted(unknown)}; known: {', '.join(ALL_LOSSES)}")
+        raise app.UsageError(f"--losses: unknown {sorted(unknown)}; known: {', '.join(ALL_LOSSES)}, each also "
+                             "as <loss>+boostlu")
     overrides = {name: getattr(FLAGS, name) for name in ("epochs", "warmup_epochs") if getattr(FLAGS, name)}
     workdir = tempfile.mkdtemp(prefix="spml_quality_")
     base = config_lib.from_overrides("digits", data_dir=FLAGS.data_dir, **overrides)
     results = {}
-    for loss in FLAGS.losses:
+    for method in FLAGS.losses:
+        loss, head = parse_method(method)
         search = {}
-        for lr in FLAGS.lr_grid:
-            config = dataclasses.replace(base, loss=loss, seed=0, learning_rate=float(lr),
-                                         model_dir=os.path.join(workdir, f"{loss}-lr{lr}"))
+        for lr in FLAGS.lr_grid if len(FLAGS.lr_grid) > 1 else ():  # one rate: nothing to search
+            config = dataclasses.replace(base, loss=loss, head=head, seed=0, learning_rate=float(lr),
+                                         model_dir=os.path.join(workdir, f"{method}-lr{lr}"))
             search[lr] = run_one(config)
-            print(f"{loss:7s} search lr={lr}: val mAP {search[lr]['val_map']:.2f}", flush=True)
-        best_lr = float(max(search, key=lambda lr: search[lr]["val_map"]))
+            print(f"{method:14s} search lr={lr}: val mAP {search[lr]['val_map']:.2f}", flush=True)
+        best_lr = float(max(search, key=lambda lr: search[lr]["val_map"]) if search else FLAGS.lr_grid[0])
         runs = []
         for seed in range(1, FLAGS.seeds + 1):
-            config = dataclasses.replace(base, loss=loss, seed=seed, learning_rate=best_lr,
-                                         model_dir=os.path.join(workdir, f"{loss}-seed{seed}"))
+            config = dataclasses.replace(base, loss=loss, head=head, seed=seed, learning_rate=best_lr,
+                                         model_dir=os.path.join(workdir, f"{method}-seed{seed}"))
             runs.append(run_one(config))
-            print(f"{loss:7s} seed {seed}: test mAP {runs[-1]['test_map']:.2f} (best epoch "
+            print(f"{method:14s} seed {seed}: test mAP {runs[-1]['test_map']:.2f} (best epoch "
                   f"{runs[-1]['best_epoch']}, {runs[-1]['seconds']:.0f} s)", flush=True)
-        results[loss] = summarize(loss, runs, search)
+        results[method] = summarize(method, runs, search)
 
     report = {
         "results": results,

@@ -40,7 +40,8 @@ MAY_DIFFER = ("model_dir", "data_dir", "strategy", "jit_compile", "worker_timeou
 
 def identity(config, class_names):
     """What a checkpoint must match to be resumed: the config (bar paths) and the classes."""
-    fields = {key: value for key, value in vars(config).items() if key not in MAY_DIFFER}
+    fields = {key: list(value) if isinstance(value, tuple) else value  # as state.json gives them back
+              for key, value in vars(config).items() if key not in MAY_DIFFER}
     return {"config": fields, "class_names": list(class_names)}
 
 

@@ -13,6 +13,8 @@ LABEL_VARIANTS = ("observed", "clean")
 BACKBONES = ("resnet50", "keras_resnet50", "small_cnn")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+HEADS = ("linear", "boostlu")
+OPTIMIZERS = ("adam", "sgd")
 
 # Seed of the single-positive observation process and of the train/val split:
 # fixed by the original code, so our observed labels equal its files.
@@ -56,6 +58,20 @@ class Config:
     mixed_precision: str = "none"  # or a Keras mixed policy; logits, losses and metrics stay float32
     jit_compile: bool = False  # XLA-compile the training step
     worker_timeout: float = 300.0  # multi_worker: seconds to wait for every worker to start
+    # The methods after the paper (docs/method.md section 7) and their protocols.
+    head: str = "linear"  # "boostlu": 1x1 conv to class activation maps, positives x boostlu_alpha, then GAP
+    boostlu_alpha: float = 5.0
+    head_lr_mult: float = 1.0  # the head's learning rate is this times --learning_rate (LL, BoostLU, GR: 10)
+    optimizer: str = "adam"  # torch's Adam; "sgd": torch's SGD with momentum and (coupled) weight decay
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # sgd only, as torch adds it to the gradient
+    ll_delta: float = 0.2  # LL: percent of the batch's label entries rejected / corrected more each epoch
+    gr_w: tuple = (0.0, 2.0)  # GR: k(p) = sigmoid(w p + b), w and b from their first to their last value
+    gr_b: tuple = (-2.0, -2.0)
+    gr_mu: tuple = (0.5, 0.8)  # GR: v(p) = exp(-(p - mu)^2 / (2 sigma^2))
+    gr_sigma: tuple = (2.0, 0.5)
+    gr_q: tuple = (0.01, 1.0)  # GR: q2 and q3 of L1 and L2
+    max_map_drop: float = 0.0  # > 0: stop when val mAP falls more than this below its best (patience then unused)
 
     def __post_init__(self):
         _check(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")
@@ -81,6 +97,20 @@ class Config:
         _check(self.mixed_precision in MIXED_PRECISIONS,
                f"--mixed_precision={self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
         _check(self.worker_timeout > 0, f"--worker_timeout={self.worker_timeout} must be positive (seconds)")
+        _check(self.head in HEADS, f"--head={self.head!r} is not one of {', '.join(HEADS)}")
+        _check(self.boostlu_alpha >= 1, f"--boostlu_alpha={self.boostlu_alpha} must be at least 1")
+        _check(self.head_lr_mult > 0, f"--head_lr_mult={self.head_lr_mult} must be positive")
+        _check(self.optimizer in OPTIMIZERS, f"--optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        _check(0 <= self.momentum < 1, f"--momentum={self.momentum} must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0")
+        _check(0 <= self.ll_delta <= 100, f"--ll_delta={self.ll_delta} must be a percentage in [0, 100]")
+        _check(self.max_map_drop >= 0, f"--max_map_drop={self.max_map_drop} must be >= 0")
+        for name in ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q"):
+            value = getattr(self, name)
+            _check(len(value) == 2, f"--{name} takes two numbers (first, last), got {list(value)}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))  # JSON gives lists back
+        _check(min(self.gr_sigma) > 0, f"--gr_sigma={list(self.gr_sigma)} must be positive")
+        _check(min(self.gr_q) > 0, f"--gr_q={list(self.gr_q)} must be positive")
         if self.weights not in ("imagenet", "none"):
             _check(os.path.isfile(self.weights), f"--weights={self.weights!r} is neither 'imagenet', 'none' nor a file")
         if self.backbone == "small_cnn":
@@ -130,11 +160,57 @@ PRESETS = {
 }
 
 
+# The protocols of the methods after the paper, as their authors' code runs them (docs/method.md section 7):
+# what differs from the dataset's preset above, per loss (and per head for BoostLU), per dataset.
+#
+# LL (snucml/LargeLossMatters, config.py and train.py): batch 16, 10 epochs, the head at 10x the learning rate
+# (`lr_mult`), Adam; stop when val mAP falls more than 3 below its best (train.py: `bestmap_val - map_val > 3`).
+# Per dataset the optimizer, learning rate and delta are the first author's answer in that repository's issue
+# #4 (the code has no per-dataset values): VOC SGD 5e-3 (momentum 0.9, weight decay 1e-3: config.py / train.py),
+# COCO and NUS-WIDE Adam 1e-5, CUB Adam 7.5e-5; delta R / Ct / Cp: VOC 0.2 / 0.2 / 0.1, COCO and NUS-WIDE
+# 0.4 / 0.2 / 0.2, CUB 0.4 / 0.4 / 0.2.
+_LL = dict(batch_size=16, epochs=10, head_lr_mult=10.0, max_map_drop=3.0)
+_LL_DATA = {
+    "voc": dict(optimizer="sgd", learning_rate=5e-3, momentum=0.9, weight_decay=1e-3),
+    "coco": dict(learning_rate=1e-5),
+    "nuswide": dict(learning_rate=1e-5),
+    "cub": dict(learning_rate=7.5e-5),
+}
+_LL_DELTA = {"ll_r": dict(voc=0.2, coco=0.4, nuswide=0.4, cub=0.4),
+             "ll_ct": dict(voc=0.2, coco=0.2, nuswide=0.2, cub=0.4),
+             "ll_cp": dict(voc=0.1, coco=0.2, nuswide=0.2, cub=0.2)}
+# BoostLU (youngwk/BridgeGapExplanationPAMC, config.py): the same for every dataset: Adam 1e-5, batch 16,
+# 10 epochs, lr_mult 10, alpha 5, delta R / Ct / Cp 0.5 / 0.2 / 0.1, no early stopping.
+_BOOSTLU = dict(optimizer="adam", learning_rate=1e-5, batch_size=16, epochs=10, head_lr_mult=10.0,
+                boostlu_alpha=5.0, max_map_drop=0.0, patience=10)
+_BOOSTLU_DELTA = {"ll_r": 0.5, "ll_ct": 0.2, "ll_cp": 0.1}
+# GR (yan4xi1/GRLoss, config.py and train.py): batch 8, Adam 1e-5, lr_mult 10, 8 epochs, the schedules above,
+# q = (0.01, 1); stop when val mAP falls more than 2 below its best. No per-dataset values in that code.
+_GR = dict(batch_size=8, learning_rate=1e-5, head_lr_mult=10.0, epochs=8, max_map_drop=2.0)
+PAPER_DATASETS = ("voc", "coco", "nuswide", "cub")
+
+
+def method_preset(loss, head, dataset):
+    """The fields the authors' protocol of `loss` (with `head`) sets on `dataset` ({} where the dataset preset
+    stands: the paper's methods, and every method on digits and custom data, whose protocol is the dataset's)."""
+    if dataset not in PAPER_DATASETS:
+        return {}
+    if head == "boostlu" and loss in _BOOSTLU_DELTA:
+        return {**_BOOSTLU, "ll_delta": _BOOSTLU_DELTA[loss]}
+    if loss in _LL_DELTA:
+        return {**_LL, **_LL_DATA[dataset], "ll_delta": _LL_DELTA[loss][dataset]}
+    if loss in ("gr", "gr_apl"):
+        return dict(_GR)
+    return {}
+
+
 def from_overrides(dataset, **overrides):
-    """The preset of `dataset` with every explicitly given value replacing the preset's."""
+    """The preset of `dataset`, then its loss's protocol (method_preset), then every explicitly given value."""
     if dataset not in PRESETS:
         raise UsageError(f"--dataset={dataset!r} is not one of {', '.join(DATASETS)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise UsageError(f"unknown config fields: {', '.join(sorted(unknown))}")
-    return dataclasses.replace(PRESETS[dataset], **overrides)
+    preset = PRESETS[dataset]
+    method = method_preset(overrides.get("loss", preset.loss), overrides.get("head", preset.head), dataset)
+    return dataclasses.replace(preset, **{**method, **overrides})

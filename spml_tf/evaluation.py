@@ -86,8 +86,19 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     state_key = "early_stopping"
 
-    def __init__(self, patience):
+    def __init__(self, patience, max_map_drop=0.0):
+        """Stops after `patience` epochs without improvement; or, with `max_map_drop` > 0 (the rule of the LL and
+        GR authors' code), at the first epoch whose val mAP is more than `max_map_drop` below the best so far."""
+        self.max_map_drop = float(max_map_drop)
+        patience = 2**31 - 1 if self.max_map_drop > 0 else patience
         super().__init__(monitor="val_map", mode="max", patience=patience, restore_best_weights=True, verbose=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        current = (logs or {}).get("val_map")
+        if self.max_map_drop > 0 and current is not None and self.best - current > self.max_map_drop:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
 
     def get_state(self):
         return {"wait": self.wait, "best_epoch": self.best_epoch,

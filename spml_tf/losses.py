@@ -24,6 +24,7 @@ finite for any logit, where the original code writes -log(p + 1e-5).
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from spml_tf.errors import UsageError
@@ -68,6 +69,16 @@ class SPMLLoss(keras.losses.Loss):
         """Keras callbacks the loss needs during training (a TrainingContext gives them what they use)."""
         del context
         return []
+
+    def attach(self, bank):
+        """Called in the strategy's scope when training builds the loss over its label bank: a loss that keeps
+        variables of its own (LL-Cp's corrections) creates them here."""
+        del bank
+
+    def call_on_bank(self, labels, logits, index):
+        """The per-example values of a training step: the labels gathered from the bank at `index`."""
+        del index
+        return self.call(labels, logits)
 
     def call(self, y_true, y_pred):
         labels = tf.cast(y_true, tf.float32)
@@ -251,6 +262,21 @@ class EntropyMaximization(SPMLLoss):
         return {**super().get_config(), "alpha": self.alpha}
 
 
+def _check_apl_warmup(config):
+    if config.warmup_epochs >= config.epochs:
+        raise UsageError(f"--warmup_epochs={config.warmup_epochs} must be smaller than --epochs={config.epochs} "
+                         f"with --loss={config.loss}, or APL never runs")
+
+
+def _apl_callback(context):
+    from spml_tf import pseudo_label
+
+    config = context.config
+    return pseudo_label.APLCallback(context.predictor, context.bank, context.train_eval_dataset,
+                                    context.full_train_labels, config.warmup_epochs, config.epochs,
+                                    config.neg_proportion)
+
+
 class EntropyMaximizationAPL(EntropyMaximization):
     """EM + APL: EM, plus beta * BCE(p; target s) on each pseudo-negative -s; APL makes the -s after each epoch."""
 
@@ -263,17 +289,10 @@ class EntropyMaximizationAPL(EntropyMaximization):
 
     @classmethod
     def check_config(cls, config):
-        if config.warmup_epochs >= config.epochs:
-            raise UsageError(f"--warmup_epochs={config.warmup_epochs} must be smaller than --epochs={config.epochs} "
-                             "with --loss=em_apl, or APL never runs")
+        _check_apl_warmup(config)
 
     def callbacks(self, context):
-        from spml_tf import pseudo_label
-
-        config = context.config
-        return [pseudo_label.APLCallback(context.predictor, context.bank, context.train_eval_dataset,
-                                         context.full_train_labels, config.warmup_epochs, config.epochs,
-                                         config.neg_proportion)]
+        return [_apl_callback(context)]
 
     def entry_terms(self, labels, logits):
         soft_target = tf.maximum(-labels, 0.0)  # labels -1 are replaced in call()
@@ -285,10 +304,247 @@ class EntropyMaximizationAPL(EntropyMaximization):
         return {**super().get_config(), "beta": self.beta}
 
 
+class EpochSchedule(keras.callbacks.Callback):
+    """Tells a loss the epoch (counted from 1) before each epoch starts: its schedule is a function of it, so a
+    resumed run, which starts at the epoch it stopped at, needs no state."""
+
+    def __init__(self, loss, num_epochs):
+        super().__init__()
+        self.loss, self.num_epochs = loss, num_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.loss.set_epoch(epoch + 1, self.num_epochs)
+
+
+def _bce_with_logits(logits, targets):
+    """torch's binary_cross_entropy_with_logits, per entry: -(t log p + (1 - t) log(1 - p))."""
+    return -(targets * _log_p(logits) + (1.0 - targets) * _log_not_p(logits))
+
+
+def ll_rejection_rate(epoch, delta):
+    """LL's share of a batch's entries modified in `epoch` (from 1): the authors' clean_rate, which starts at 1
+    and loses delta / 100 after every epoch, accumulated in float64 as their code does (train.py:
+    `P['clean_rate'] -= P['delta_rel']`), so that ceil(B C (1 - clean_rate)) is their k to the last unit."""
+    clean_rate, step = 1.0, delta / 100.0
+    for _ in range(epoch - 1):
+        clean_rate -= step
+    return 1.0 - clean_rate
+
+
+class LargeLoss(SPMLLoss):
+    """LL (Kim et al., CVPR 2022; docs/method.md section 7.1): assume-negative BCE in which, from the second epoch
+    on, the unannotated entries with the largest losses in the batch are rejected (LL-R: loss 0), corrected to
+    positive for this batch (LL-Ct: BCE with target 1), or corrected for good (LL-Cp: the bank's label becomes 1).
+
+    The batch's B x C matrix of unannotated losses (0 elsewhere) is ranked as one list; the threshold is its k-th
+    largest value, and every entry at or above it is modified (ties included, `>=` as in BridgeGap's code). k is
+    ceil(B C r): r grows by delta % per epoch for R and Ct (ll_rejection_rate), and is a constant delta % from
+    the second epoch for Cp (the paper; LargeLossMatters as released compares with `is 'LL-Cp'`, which is False,
+    so its Cp runs Ct's schedule: use ll_ct for that behaviour). Under a distribution strategy the ranking runs
+    over the global batch (an all-gather), so it equals one device's. Mean over B x C, as the authors'.
+    """
+
+    key = None
+    scheme = None  # "reject", "correct" or "permanent"
+    hyperparameters = ("ll_delta",)
+
+    def __init__(self, ll_delta, name=None, **kwargs):
+        super().__init__(name=name or self.key, **kwargs)
+        self.ll_delta = float(ll_delta)
+        self.rate = tf.Variable(0.0, dtype=tf.float64, trainable=False, name=f"{self.key}_rate")
+        self.corrections = None
+
+    def set_epoch(self, epoch, num_epochs=None):
+        if self.scheme == "permanent":
+            rate = self.ll_delta / 100.0 if epoch >= 2 else 0.0
+        else:
+            rate = ll_rejection_rate(epoch, self.ll_delta)
+        self.rate.assign(rate)
+
+    def callbacks(self, context):
+        return [EpochSchedule(self, context.config.epochs)]
+
+    def modified(self, labels, losses):
+        """Boolean [B, C]: the entries at or above the k-th largest unannotated loss of the (global) batch."""
+        unannotated = tf.where(labels == 0.0, losses, 0.0)
+        everything = unannotated
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            everything = context.all_gather(unannotated, axis=0)
+        flat = tf.reshape(everything, [-1])
+        size = tf.size(flat)
+        k = tf.minimum(tf.cast(tf.math.ceil(tf.cast(size, tf.float64) * self.rate), tf.int32), size)
+        # The k-th largest value: a full sort, whose shape is static (top_k's k is not, which XLA refuses).
+        threshold = tf.gather(tf.sort(flat, direction="DESCENDING"), tf.maximum(k, 1) - 1)
+        return tf.logical_and(k > 0, unannotated >= tf.stop_gradient(threshold))
+
+    def entry_losses(self, labels, logits):
+        observed = tf.cast(labels == 1.0, tf.float32)
+        losses = _bce_with_logits(logits, observed)
+        modified = self.modified(labels, losses)
+        if self.scheme == "reject":
+            terms = tf.where(modified, 0.0, losses)
+        else:
+            terms = tf.where(modified, _bce_with_logits(logits, 1.0 - observed), losses)
+        return terms, modified
+
+    def call(self, y_true, y_pred):
+        terms, _ = self.entry_losses(tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32))
+        return tf.reduce_mean(terms, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "ll_delta": self.ll_delta}
+
+
+class LargeLossRejection(LargeLoss):
+    key = "ll_r"
+    scheme = "reject"
+
+
+class LargeLossCorrectionTemporary(LargeLoss):
+    key = "ll_ct"
+    scheme = "correct"
+
+
+class LargeLossCorrectionPermanent(LargeLoss):
+    """LL-Cp: the entries corrected in a step become annotated positives in the label bank.
+
+    Each replica marks its corrections in a variable of its own (summed when read); at the end of the epoch
+    they are written into the bank, before the checkpoint saves it. Every example is seen once per epoch, so
+    this equals the authors' immediate write, which their data loader sees from the next epoch on.
+    """
+
+    key = "ll_cp"
+    scheme = "permanent"
+
+    def attach(self, bank):
+        self.bank = bank
+        self.corrections = tf.Variable(tf.zeros(bank.shape, tf.float32), trainable=False, name="ll_cp_corrections",
+                                       synchronization=tf.VariableSynchronization.ON_READ,
+                                       aggregation=tf.VariableAggregation.SUM)
+
+    def call_on_bank(self, labels, logits, index):
+        terms, modified = self.entry_losses(labels, logits)
+        if self.corrections is not None:
+            rows = tf.cast(tf.reshape(index, [-1]), tf.int32)
+            # This replica's copy (variables synchronised on read have no scatter ops).
+            marked = tf.tensor_scatter_nd_max(self.corrections.read_value(), rows[:, None],
+                                              tf.cast(modified, tf.float32))
+            self.corrections.assign(marked)
+        return tf.reduce_mean(terms, axis=-1)
+
+    def callbacks(self, context):
+        return [EpochSchedule(self, context.config.epochs), PermanentCorrections(self)]
+
+    def apply_corrections(self):
+        """Writes the epoch's corrections into the bank (unannotated entries only) and clears them; returns how
+        many labels became positive."""
+        corrected = (self.corrections.read_value().numpy() > 0) & (self.bank.numpy() == 0)
+        if corrected.any():
+            self.bank.assign(np.where(corrected, 1.0, self.bank.numpy()))
+        self.corrections.assign(tf.zeros(self.bank.shape, tf.float32))
+        return int(corrected.sum())
+
+
+class PermanentCorrections(keras.callbacks.Callback):
+    """LL-Cp: at the end of each epoch the corrections go into the label bank (which the checkpoint saves)."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        count = self.loss.apply_corrections()
+        if logs is not None:
+            logs["ll_corrected_labels"] = count
+
+
+def gr_schedule(epoch, num_epochs, w, b, mu, sigma, linear_init=0):
+    """GR's (w, b, mu, sigma) in `epoch` (from 1), as the authors' train.py computes them at each epoch's start:
+    w and b move by max(e - n - 1, 0) / (T - n) of the way from first to last, mu and sigma by
+    max(e - n, 0) / (T - n) (n = linear_init, 0 in their defaults; so w, b never reach their last value)."""
+    n, span = linear_init, num_epochs - linear_init
+    early, late = max(epoch - n - 1, 0) / span, max(epoch - n, 0) / span
+    return (w[0] + (w[1] - w[0]) * early, b[0] + (b[1] - b[0]) * early,
+            mu[0] + (mu[1] - mu[0]) * late, sigma[0] + (sigma[1] - sigma[0]) * late)
+
+
+class GeneralizedRobust(SPMLLoss):
+    """GR loss (IJCAI 2024; docs/method.md section 7.3): -log p on positives; on unannotated entries
+    v(p) [k(p) L1(p) + (1 - k(p)) L2(p)], L1 = (1 - p^q2) / q2 (towards positive), L2 = (1 - (1 - p)^q3) / q3
+    (towards negative), k = sigmoid(w p + b), v = exp(-(p - mu)^2 / (2 sigma^2)), with k and v computed on p
+    without gradient and w, b, mu, sigma moving over the epochs (gr_schedule). The authors write -log(p + 1e-7)
+    for positives; here -log_sigmoid(x), the same to 1e-7 wherever p > 1e-5.
+    """
+
+    key = "gr"
+    hyperparameters = ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q")
+
+    def __init__(self, gr_w=(0.0, 2.0), gr_b=(-2.0, -2.0), gr_mu=(0.5, 0.8), gr_sigma=(2.0, 0.5),
+                 gr_q=(0.01, 1.0), name=None, **kwargs):
+        super().__init__(name=name or self.key, **kwargs)
+        self.gr_w, self.gr_b, self.gr_mu, self.gr_sigma, self.gr_q = (
+            tuple(float(v) for v in pair) for pair in (gr_w, gr_b, gr_mu, gr_sigma, gr_q))
+        self.schedule = tf.Variable(gr_schedule(1, 1, self.gr_w, self.gr_b, self.gr_mu, self.gr_sigma),
+                                    dtype=tf.float32, trainable=False, name=f"{self.key}_schedule")
+
+    def set_epoch(self, epoch, num_epochs):
+        self.schedule.assign(gr_schedule(epoch, num_epochs, self.gr_w, self.gr_b, self.gr_mu, self.gr_sigma))
+
+    def callbacks(self, context):
+        return [EpochSchedule(self, context.config.epochs)]
+
+    def unannotated_term(self, logits):
+        w, b, mu, sigma = tf.unstack(self.schedule)
+        q2, q3 = self.gr_q
+        p = tf.sigmoid(logits)
+        fixed = tf.stop_gradient(p)
+        k = tf.sigmoid(w * fixed + b)
+        v = tf.exp(-0.5 * tf.square((fixed - mu) / sigma))
+        towards_positive = (1.0 - tf.pow(p, q2)) / q2
+        towards_negative = (1.0 - tf.pow(tf.sigmoid(-logits), q3)) / q3
+        return v * (k * towards_positive + (1.0 - k) * towards_negative)
+
+    def entry_terms(self, labels, logits):
+        return tf.where(labels == 1.0, -_log_p(logits),
+                        tf.where(labels == 0.0, self.unannotated_term(logits), 0.0))
+
+    def get_config(self):
+        return {**super().get_config(), **{name: list(getattr(self, name)) for name in self.hyperparameters}}
+
+
+class GeneralizedRobustAPL(GeneralizedRobust):
+    """GR + APL (a combination no paper reports): GR, plus beta * BCE(p; target s) on APL's pseudo-negatives -s."""
+
+    key = "gr_apl"
+    hyperparameters = GeneralizedRobust.hyperparameters + ("beta",)
+
+    def __init__(self, beta=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = float(beta)
+
+    @classmethod
+    def check_config(cls, config):
+        _check_apl_warmup(config)
+
+    def callbacks(self, context):
+        return super().callbacks(context) + [_apl_callback(context)]
+
+    def entry_terms(self, labels, logits):
+        soft_target = tf.maximum(-labels, 0.0)
+        pseudo_negative = self.beta * _bce_with_logits(logits, soft_target)
+        return tf.where(labels < 0.0, pseudo_negative, super().entry_terms(labels, logits))
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
 # Every loss, by its --loss name: the one list to extend.
 LOSSES = {loss.key: loss for loss in (FullLabels, AssumeNegative, LabelSmoothing, WeakAssumeNegative,
                                       ExpectedPositiveRegularization, RegularizedOnlineLabelEstimation,
-                                      EntropyMaximization, EntropyMaximizationAPL)}
+                                      EntropyMaximization, EntropyMaximizationAPL, LargeLossRejection,
+                                      LargeLossCorrectionTemporary, LargeLossCorrectionPermanent,
+                                      GeneralizedRobust, GeneralizedRobustAPL)}
 
 
 def lookup(name):
@@ -342,4 +598,4 @@ class LabelBankLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels = self.bank.lookup(y_true)
-        return self.loss.call(labels, y_pred)
+        return self.loss.call_on_bank(labels, y_pred, y_true)

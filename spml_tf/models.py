@@ -46,18 +46,33 @@ class Normalize(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def small_cnn(inputs):
-    """A small VGG-style CNN for the embedded digits dataset and for tests."""
+def small_cnn(inputs, pooling=True):
+    """A small VGG-style CNN for the embedded digits dataset and for tests (pooling=False: its last feature map)."""
     x = inputs
     for filters in (32, 64, 128):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
-    return keras.layers.GlobalAveragePooling2D()(x)
+    return keras.layers.GlobalAveragePooling2D()(x) if pooling else x
+
+
+def boostlu_head(feature_map, num_classes, alpha, kernel_init="glorot_uniform", bias_init="zeros"):
+    """BoostLU (Kim et al., CVPR 2023; docs/method.md section 7.2): a 1x1 convolution (with bias) to C class
+    activation maps, every positive activation multiplied by alpha, then global average pooling to C logits.
+
+    where(x > 0, alpha x, x) is written as alpha * LeakyReLU(slope 1 / alpha)(x), Keras's own layers, so that the
+    saved model loads without this package (equal to within one float32 rounding of the negative side).
+    """
+    cams = keras.layers.Conv2D(num_classes, 1, dtype="float32", kernel_initializer=kernel_init,
+                               bias_initializer=bias_init, name="logits")(feature_map)
+    boosted = keras.layers.LeakyReLU(negative_slope=1.0 / alpha, dtype="float32", name="boostlu")(cams)
+    boosted = keras.layers.Rescaling(alpha, dtype="float32", name="boostlu_alpha")(boosted)
+    return keras.layers.GlobalAveragePooling2D(dtype="float32", name="cam_pool")(boosted)
 
 
 def build_model(config, num_classes, log=print):
-    """Backbone + global average pooling + a linear head to `num_classes` logits (the Dense named "logits").
+    """Backbone + global average pooling + a linear head to `num_classes` logits (the Dense named "logits"); or,
+    with --head=boostlu, backbone feature map + the BoostLU head (its 1x1 convolution named "logits").
 
     resnet50: torchvision's ResNet-50 (resnet.py) on torchvision's
     normalisation, from torchvision's weights, with torch's initialisation of
@@ -67,9 +82,10 @@ def build_model(config, num_classes, log=print):
     """
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), name="image")
     kernel_init, bias_init = "glorot_uniform", "zeros"  # Keras's defaults
+    pooling = config.head == "linear"
     if config.backbone == "resnet50":
         normalized = resnet.imagenet_normalization()(inputs)
-        backbone = resnet.resnet50(config.image_size)
+        backbone = resnet.resnet50(config.image_size, pooling=pooling)
         pretrained.load_resnet50(backbone, config.weights, log)
         kernel_init, bias_init = resnet.linear_head_initializers()
     elif config.backbone == "keras_resnet50":
@@ -78,18 +94,22 @@ def build_model(config, num_classes, log=print):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", UserWarning)  # a file missing layers is refused, not half loaded
-                backbone = keras.applications.ResNet50(include_top=False, weights=weights, pooling="avg",
+                backbone = keras.applications.ResNet50(include_top=False, weights=weights,
+                                                       pooling="avg" if pooling else None,
                                                        input_shape=(config.image_size, config.image_size, 3))
         except (OSError, ValueError, KeyError, UserWarning) as error:
             raise DataError(f"--weights={config.weights}: not weights of keras.applications' ResNet50 "
                             f"({reason(error)})") from None
     else:
         backbone = None
-        features = small_cnn(keras.layers.Rescaling(1.0 / 255.0, name="normalize")(inputs))
+        features = small_cnn(keras.layers.Rescaling(1.0 / 255.0, name="normalize")(inputs), pooling)
     if backbone is not None:
         backbone.trainable = not config.freeze_backbone
         features = backbone(normalized, training=False if config.freeze_backbone else None)
     # Logits stay float32 under mixed precision: the losses need the precision.
+    if config.head == "boostlu":  # torch's Conv2d initialisation is its Linear's, with fan-in C_in x 1 x 1
+        logits = boostlu_head(features, num_classes, config.boostlu_alpha, kernel_init, bias_init)
+        return keras.Model(inputs, logits, name=f"{config.backbone}_boostlu_spml")
     logits = keras.layers.Dense(num_classes, dtype="float32", kernel_initializer=kernel_init,
                                 bias_initializer=bias_init, name="logits")(features)
     return keras.Model(inputs, logits, name=f"{config.backbone}_spml")

@@ -103,8 +103,9 @@ def _bottleneck(x, width, strides, name):
     return keras.layers.ReLU(name=f"{name}.relu3")(keras.layers.Add(name=f"{name}.add")([y, shortcut]))
 
 
-def resnet50(image_size, name="resnet50"):
-    """Normalised images [S, S, 3] -> 2048 features (global average pool): torchvision's resnet50 without `fc`."""
+def resnet50(image_size, name="resnet50", pooling=True):
+    """Normalised images [S, S, 3] -> 2048 features (global average pool): torchvision's resnet50 without `fc`;
+    with pooling=False the last feature map [S/32, S/32, 2048] (what the BoostLU head reads)."""
     inputs = keras.Input((image_size, image_size, 3), name="normalized_image")
     x = keras.layers.ReLU(name="relu")(BatchNorm(name="bn1")(_conv(inputs, 64, 7, 2, "conv1")))
     # torch pads the max-pool with -inf; after a ReLU zeros are the same.
@@ -113,7 +114,7 @@ def resnet50(image_size, name="resnet50"):
     for stage, (width, blocks, strides) in enumerate(STAGES, start=1):
         for block in range(blocks):
             x = _bottleneck(x, width, strides if block == 0 else 1, f"layer{stage}.{block}")
-    features = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+    features = keras.layers.GlobalAveragePooling2D(name="avgpool")(x) if pooling else x
     return keras.Model(inputs, features, name=name)
 
 

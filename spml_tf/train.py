@@ -21,8 +21,11 @@ from spml_tf.label_bank import LabelBank
 
 
 def make_optimizer(config):
-    """The optimizer every run compiles with: Adam as torch computes it (the original code's), no weight decay."""
-    return optimizers.TorchAdam(config.learning_rate)
+    """The optimizer a run compiles with: Adam (no weight decay) or SGD as torch computes them, the head's
+    learning rate `head_lr_mult` times the backbone's."""
+    if config.optimizer == "sgd":
+        return optimizers.TorchSGD(config.learning_rate, config.momentum, config.weight_decay, config.head_lr_mult)
+    return optimizers.TorchAdam(config.learning_rate, head_lr_mult=config.head_lr_mult)
 
 
 def default_model_dir(config):
@@ -152,6 +155,7 @@ def build_trainer(config, splits, train_labels, loss, placement, log=print):
         model = models.build_model(config, splits.train.num_classes, log)
         clean = loss.uses_full_labels or config.train_set_variant == "clean"
         bank = LabelBank(train_labels.full if clean else train_labels.observed)
+        loss.attach(bank)  # a loss's own variables (LL-Cp's corrections) live in the scope too
         training_model = loss.training_model(model, train_labels.observed, config.seed)
         training_model.compile(optimizer=make_optimizer(config), loss=losses.LabelBankLoss(loss, bank),
                                jit_compile=config.jit_compile)
@@ -176,7 +180,7 @@ def make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_i
     callbacks += loss.callbacks(context)
     callbacks += [
         checkpoint.StopOnNaN(model_dir),
-        evaluation.ResumableEarlyStopping(config.patience),
+        evaluation.ResumableEarlyStopping(config.patience, config.max_map_drop),
         keras.callbacks.TensorBoard(files.join(model_dir, run_dir.TENSORBOARD), write_graph=False),
     ]
     if verbose:  # placed before the summary, so the progress bar ends its line first

@@ -14,6 +14,7 @@ from absl import flags
 
 from spml_tf import cli, export
 from spml_tf import config as config_lib
+from spml_tf.errors import UsageError
 
 flags.DEFINE_enum("dataset", "digits", config_lib.DATASETS, "Dataset; `digits` is embedded (no download).")
 flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord splits (default: the dataset's cache).")
@@ -22,7 +23,7 @@ flags.DEFINE_string("loss", None, "Training loss (default em_apl; the README's m
                     "unknown name is answered with the list).")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
 flags.DEFINE_integer("batch_size", None, "GLOBAL batch size, split evenly over the replicas (GPUs x workers).")
-flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
+flags.DEFINE_float("learning_rate", None, "Learning rate (the head's is --head_lr_mult times it).")
 flags.DEFINE_float("alpha", None, "EM: weight of the entropy term on unannotated labels.")
 flags.DEFINE_float("beta", None, "APL: weight of the loss on negative pseudo-labels.")
 flags.DEFINE_integer("warmup_epochs", None, "APL runs after every epoch >= this one (epochs count from 1).")
@@ -55,6 +56,21 @@ flags.DEFINE_enum("mixed_precision", None, config_lib.MIXED_PRECISIONS,
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step.")
 flags.DEFINE_float("worker_timeout", None, "multi_worker: seconds to wait for every worker of TF_CONFIG to start "
                    "before giving up (default 300).")
+flags.DEFINE_enum("head", None, config_lib.HEADS, "linear: global average pool, then a linear layer; boostlu: "
+                  "BoostLU's 1x1 conv to class maps, positives x --boostlu_alpha, then global average pool.")
+flags.DEFINE_float("boostlu_alpha", None, "BoostLU: factor of the positive class activations (authors: 5).")
+flags.DEFINE_float("head_lr_mult", None, "The head's learning rate is this times --learning_rate (LL, BoostLU, GR: 10).")
+flags.DEFINE_enum("optimizer", None, config_lib.OPTIMIZERS, "adam, or sgd (torch's: momentum, weight decay added to "
+                  "the gradient).")
+flags.DEFINE_float("momentum", None, "sgd: momentum.")
+flags.DEFINE_float("weight_decay", None, "sgd: weight decay (torch's coupled L2).")
+flags.DEFINE_float("ll_delta", None, "ll_r, ll_ct, ll_cp: percent of a batch's label entries rejected or corrected "
+                   "more each epoch (ll_cp: a constant percent from epoch 2).")
+for _name, _help in (("gr_w", "w"), ("gr_b", "b"), ("gr_mu", "mu"), ("gr_sigma", "sigma")):
+    flags.DEFINE_list(_name, None, f"gr, gr_apl: first,last value of {_help} over the epochs.")
+flags.DEFINE_list("gr_q", None, "gr, gr_apl: q2,q3 of the two robust terms.")
+flags.DEFINE_float("max_map_drop", None, "> 0: stop when val mAP falls more than this below its best (LL: 3, GR: 2); "
+                   "--patience is then unused.")
 flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
 flags.DEFINE_boolean("per_class", False, "At the end, print every class's AP (default: the ten worst on test).")
 
@@ -68,8 +84,10 @@ CONFIG_FLAGS = (
     "warmup_epochs", "neg_proportion", "ls_coef", "expected_num_pos", "observed_negatives",
     "train_set_variant", "val_set_variant", "backbone", "weights", "freeze_backbone", "image_size",
     "random_flip", "seed", "patience", "deterministic", "strategy", "mixed_precision", "jit_compile",
-    "worker_timeout",
+    "worker_timeout", "head", "boostlu_alpha", "head_lr_mult", "optimizer", "momentum", "weight_decay", "ll_delta",
+    "gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q", "max_map_drop",
 )
+LIST_FLAGS = ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q")
 
 FLAGS = flags.FLAGS
 
@@ -77,6 +95,12 @@ FLAGS = flags.FLAGS
 def config_from_flags():
     """The dataset preset with every flag the user set replacing the preset's value."""
     overrides = {name: getattr(FLAGS, name) for name in CONFIG_FLAGS if getattr(FLAGS, name) is not None}
+    for name in LIST_FLAGS:
+        if name in overrides:
+            try:
+                overrides[name] = tuple(float(value) for value in overrides[name])
+            except ValueError:
+                raise UsageError(f"--{name}={','.join(overrides[name])} must be two numbers: first,last") from None
     return config_lib.from_overrides(FLAGS.dataset, **overrides)
 
 

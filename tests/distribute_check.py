@@ -22,7 +22,7 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
-from spml_tf import distribute, losses  # noqa: E402
+from spml_tf import distribute, losses, optimizers  # noqa: E402
 from spml_tf.errors import UsageError  # noqa: E402
 from spml_tf.label_bank import LabelBank  # noqa: E402
 
@@ -42,28 +42,41 @@ def _train(strategy, loss_name, steps):
     """Loss and weights after `steps` Adam steps on global batches of BATCH, with our loss over a label bank."""
     images, observed = _data()
     keras.utils.set_random_seed(0)
-    hyper = {"em": {"alpha": 0.2}, "em_apl": {"alpha": 0.2, "beta": 0.02}}.get(loss_name, {})
+    hyper = {"em": {"alpha": 0.2}, "em_apl": {"alpha": 0.2, "beta": 0.02}, "gr_apl": {"beta": 0.02}}.get(loss_name, {})
+    if loss_name.startswith("ll_"):
+        hyper = {"ll_delta": 10.0}  # k = 20% of the global batch's 40 entries in epoch 3: 8, not 4 per replica
+    loss = losses.get(loss_name, **hyper)
+    if hasattr(loss, "set_epoch"):
+        loss.set_epoch(3, 10)
+    if loss_name.startswith("ll_"):  # no pseudo-negatives in LL's labels
+        observed = np.where(observed < 0, 0.0, observed).astype(np.float32)
     with strategy.scope():
-        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(C)])
+        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(C, name="logits")])
         bank = LabelBank(observed)
-        model.compile(optimizer=keras.optimizers.Adam(0.01),
-                      loss=losses.LabelBankLoss(losses.get(loss_name, **hyper), bank))
+        loss.attach(bank)
+        # The trainer's Adam, the head at 10x: the multiplier holds on every replica.
+        model.compile(optimizer=optimizers.TorchAdam(0.01, head_lr_mult=10.0), loss=losses.LabelBankLoss(loss, bank))
     dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(N))).batch(BATCH).repeat()
     seen = []
     count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
     history = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[count])
-    return history.history["loss"][0], model.get_weights(), len(seen)
+    corrections = None
+    if getattr(loss, "corrections", None) is not None:  # LL-Cp: the entries each replica marked, summed
+        corrections = loss.corrections.read_value().numpy().tolist()
+    return history.history["loss"][0], model.get_weights(), len(seen), corrections
 
 
 def step():
     mirrored = distribute.make_strategy("mirrored", BATCH).strategy
     assert mirrored.num_replicas_in_sync == 2
     out = {}
-    for name in ("an", "em", "em_apl"):
-        loss_one, weights_one, _ = _train(tf.distribute.get_strategy(), name, 3)
-        loss_two, weights_two, _ = _train(mirrored, name, 3)
+    for name in ("an", "em", "em_apl", "ll_r", "ll_ct", "ll_cp", "gr", "gr_apl"):
+        loss_one, weights_one, _, corrections_one = _train(tf.distribute.get_strategy(), name, 3)
+        loss_two, weights_two, _, corrections_two = _train(mirrored, name, 3)
         out[name] = {"loss_one_device": loss_one, "loss_mirrored": loss_two,
-                     "max_weight_difference": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights_two))}
+                     "max_weight_difference": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights_two)),
+                     "corrections_equal": corrections_one == corrections_two,
+                     "corrections": None if corrections_one is None else int(np.sum(corrections_one))}
     return out
 
 

@@ -498,6 +498,31 @@ def test_convert_then_train_on_voc_from_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_later_methods_train_on_voc_with_their_authors_presets(tmp_path):
+    """`--dataset=voc --loss=ll_r` trains with LL's VOC protocol (torch's SGD 5e-3, batch 16, the head at 10x);
+    `--loss=gr --head=boostlu` with BoostLU's head in the exported model (ResNet-50 at 32 px, no weights)."""
+    raw_fixtures.make_voc(str(tmp_path / "raw"), num_train=60, num_val=20)
+    data_dir = tmp_path / "voc"
+    assert command("--dataset=voc", f"--raw_dir={tmp_path / 'raw'}", f"--out_dir={data_dir}").returncode == 0
+    common = ["--dataset=voc", f"--data_dir={data_dir}", "--weights=none", "--image_size=32", "--epochs=2"]
+    result = command(*common, "--loss=ll_r", f"--model_dir={tmp_path / 'll'}", script="train_main.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.load(open(tmp_path / "ll" / "results.json"))["config"]
+    assert (config["optimizer"], config["learning_rate"], config["batch_size"], config["head_lr_mult"],
+            config["ll_delta"], config["max_map_drop"]) == ("sgd", 5e-3, 16, 10.0, 0.2, 3.0)
+
+    result = command(*common, "--loss=gr", "--head=boostlu", f"--model_dir={tmp_path / 'gr'}",
+                     f"--export_dir={tmp_path / 'serving'}", script="train_main.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.load(open(tmp_path / "gr" / "results.json"))["config"]
+    assert (config["head"], config["batch_size"], config["epochs"]) == ("boostlu", 8, 2)
+    image = raw_fixtures.voc_image_path(str(tmp_path / "raw"))
+    predicted = subprocess.run([sys.executable, "-m", "spml_tf.predict", f"--saved_model={tmp_path / 'serving'}",
+                                "--top_k=2", image], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert predicted.returncode == 0 and predicted.stdout.startswith(f"{image}: "), predicted.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_convert_then_train_on_a_users_csv(tmp_path):
     _csv_dataset(tmp_path, num_train=40)
     data_dir = tmp_path / "pets"

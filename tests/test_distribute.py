@@ -28,10 +28,15 @@ def check(*args):
 
 
 def test_a_mirrored_step_equals_the_one_device_step():
-    """Two replicas on one global batch compute the loss and the Adam update one device computes."""
-    for name, outcome in check("step").items():
+    """Two replicas on one global batch compute the loss and the Adam update one device computes (the head at 10x
+    the learning rate): for LL the ranking over the global batch, for LL-Cp the same corrections."""
+    outcomes = check("step")
+    assert set(outcomes) == {"an", "em", "em_apl", "ll_r", "ll_ct", "ll_cp", "gr", "gr_apl"}
+    for name, outcome in outcomes.items():
         assert outcome["loss_mirrored"] == pytest.approx(outcome["loss_one_device"], abs=1e-5), name
         assert outcome["max_weight_difference"] < 1e-5, name
+        assert outcome["corrections_equal"], name
+    assert outcomes["ll_cp"]["corrections"] > 0
 
 
 @pytest.mark.slow

@@ -34,6 +34,9 @@ CASES = {
     "em": {"alpha": ALPHA},
     "em_apl": {"alpha": ALPHA, "beta": BETA},
 }
+# The methods after the paper: their NumPy statements and tests are in test_methods.py.
+METHOD_CASES = {"ll_r": {"ll_delta": 0.2}, "ll_ct": {"ll_delta": 0.2}, "ll_cp": {"ll_delta": 0.1}, "gr": {},
+                "gr_apl": {"beta": BETA}}
 
 
 # --- The independent NumPy statement -------------------------------------------------
@@ -641,7 +644,7 @@ def test_from_config_uses_the_preset_expected_num_pos():
 def test_from_config_builds_every_configurable_loss(name):
     """Every --loss value of the Config gives the registered class under that name."""
     loss = losses.for_config(config_lib.from_overrides("digits", loss=name))
-    assert type(loss) is type(losses.get(name, **CASES[name])) and loss.name == name
+    assert type(loss) is type(losses.get(name, **{**CASES, **METHOD_CASES}[name])) and loss.name == name
 
 
 @pytest.mark.parametrize("name", ["EM", "bce", "role_", ""])
@@ -709,5 +712,11 @@ def test_every_loss_declares_what_training_needs():
         assert loss_class.key == name and isinstance(loss, loss_class)
         assert loss_class.uses_full_labels == (name == "full")
         assert loss.needs_example_index() == (name == "role")
-        if name != "em_apl":
-            assert loss.callbacks(context) == []
+        kinds = ([type(callback).__name__ for callback in loss.callbacks(context)]
+                 if name not in ("em_apl", "gr_apl") else None)  # APL needs a real bank and data
+        if name in ("ll_r", "ll_ct", "gr"):
+            assert kinds == ["EpochSchedule"]
+        elif name == "ll_cp":
+            assert kinds == ["EpochSchedule", "PermanentCorrections"]
+        elif name not in ("em_apl", "gr_apl"):
+            assert kinds == []

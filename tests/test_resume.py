@@ -228,3 +228,39 @@ def test_nothing_unpickles_and_every_keras_file_loads_in_safe_mode():
         assert "pickle.load" not in text, path
         for call in re.findall(r"load_model\([^)]*\)", text):
             assert "safe_mode=True" in call, f"{path}: {call}"
+
+
+@pytest.mark.slow
+def test_ll_cp_corrections_survive_a_kill(tiny_digits_dir, tmp_path):
+    """LL-Cp's permanent corrections are in the checkpointed label bank: killed after an epoch that corrected
+    labels, the resumed run ends with the bank and results of an uninterrupted one. With LL's VOC optimizer (torch's
+    SGD, momentum and weight decay, the head at 10x): its momentum and the multiplier survive the kill too."""
+    args = [f"--data_dir={tiny_digits_dir}", "--loss=ll_cp", "--ll_delta=2", "--epochs=4", "--patience=10",
+            "--image_size=16", "--batch_size=16", "--deterministic", "--optimizer=sgd", "--learning_rate=0.01",
+            "--weight_decay=0.001", "--head_lr_mult=10"]
+    whole = train_main(*args, f"--model_dir={tmp_path / 'whole'}")
+    assert whole.wait(600) == 0, whole.stderr.read()[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    run = train_main(*args, f"--model_dir={killed_dir}")
+    deadline = time.monotonic() + 600
+    while run.poll() is None and time.monotonic() < deadline:
+        saved = checkpoint.latest(str(killed_dir)) if (killed_dir / checkpoint.DIRECTORY).exists() else None
+        if saved is not None and saved.epoch >= 2:
+            break
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait(60)
+    saved = checkpoint.latest(str(killed_dir))
+    assert run.returncode == -signal.SIGKILL and 2 <= saved.epoch < 4
+    bank = np.load(os.path.join(saved.path, checkpoint.BANK))
+    observed = pipeline.read_labels(records.read_manifest(os.path.join(tiny_digits_dir, "train"))).observed
+    assert ((bank == 1) & (observed == 0)).any()  # epoch 2 corrected labels, and the checkpoint holds them
+
+    again = train_main(*args, f"--model_dir={killed_dir}")
+    assert again.wait(600) == 0, again.stderr.read()[-3000:]
+    (results, bank), (expected, expected_bank) = outcome(killed_dir), outcome(tmp_path / "whole")
+    np.testing.assert_array_equal(bank, expected_bank)
+    assert results == expected
+    corrected = [record["ll_corrected_labels"] for record in results["history"]]
+    assert corrected[0] == 0 and all(count > 0 for count in corrected[1:])
