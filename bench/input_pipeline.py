@@ -60,6 +60,8 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.synthetic import JPEG_QUALITY, make_jpegs, write_files, write_shards  # noqa: E402
+
 # TensorFlow is imported inside functions only: the baseline's worker
 # processes are spawned and re-import this module, and the original loader's
 # workers have no TensorFlow in them.
@@ -75,7 +77,6 @@ FLAGS = flags.FLAGS
 
 SOURCE_WIDTH, SOURCE_HEIGHT = 500, 375  # VOC's typical image size
 NUM_CLASSES = 20
-JPEG_QUALITY = 90
 # torchvision's ImageNet statistics, as the original code normalises (on [0, 1] images).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -93,48 +94,6 @@ LOADERS = {
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
-
-def make_jpegs(num_images, seed=0):
-    """`num_images` 500x375 JPEGs (quality 90) with photo-like content, as encoded bytes."""
-    import tensorflow as tf
-
-    rng = np.random.RandomState(seed)
-    y, x = np.mgrid[0:SOURCE_HEIGHT, 0:SOURCE_WIDTH]
-    jpegs = []
-    for _ in range(num_images):
-        # Smooth colour fields plus grain: compresses like a photo, not like noise or a flat image.
-        phase = rng.rand(3) * 6.28
-        base = 127 + 100 * np.sin(x[..., None] / (20 + 30 * rng.rand()) + y[..., None] / 40.0 + phase)
-        image = np.clip(base + rng.normal(0, 12, size=(SOURCE_HEIGHT, SOURCE_WIDTH, 3)), 0, 255).astype(np.uint8)
-        jpegs.append(tf.io.encode_jpeg(image, quality=JPEG_QUALITY).numpy())
-    return jpegs
-
-
-def write_files(directory, jpegs):
-    """The JPEGs as files, for the per-file baseline; returns their paths."""
-    os.makedirs(directory)
-    paths = []
-    for i, data in enumerate(jpegs):
-        paths.append(os.path.join(directory, f"{i:06d}.jpg"))
-        with open(paths[-1], "wb") as f:
-            f.write(data)
-    return paths
-
-
-def write_shards(directory, paths, shard_size_mb, seed=0, resize_to=0):
-    """The image files as a training split written by our converter's shard writer (resized as --resize_to does,
-    if resize_to); returns its Manifest."""
-    from spml_tf import shard_writer
-
-    rng = np.random.RandomState(seed)
-    labels = np.zeros((len(paths), NUM_CLASSES), np.float32)
-    labels[np.arange(len(paths)), rng.randint(NUM_CLASSES, size=len(paths))] = 1.0  # one positive each
-    split = shard_writer.SplitInput("train", tuple(paths), tuple(f"{i:06d}" for i in range(len(paths))), labels,
-                                    labels)
-    class_names = [f"class{c:02d}" for c in range(NUM_CLASSES)]
-    return shard_writer.write_splits(directory, "bench", class_names, [split], shard_size_mb=shard_size_mb,
-                                     resize_to=resize_to, log=lambda line: None)["train"]
-
 
 # --- the loaders: each a function of the pass number that returns an iterable of image batches ---------------------
 
@@ -368,12 +327,13 @@ def main(argv):
     try:
         # --- data: the same encoded bytes in shards, in files and in memory
         print(f"making {FLAGS.images:,} JPEGs of {SOURCE_WIDTH}x{SOURCE_HEIGHT} ...", flush=True)
-        jpegs = make_jpegs(FLAGS.images)
+        jpegs = make_jpegs(FLAGS.images, SOURCE_WIDTH, SOURCE_HEIGHT)
         megabytes = sum(map(len, jpegs)) / 1e6
         print(f"{megabytes:.1f} MB, {megabytes * 1e3 / FLAGS.images:.0f} kB per image", flush=True)
         paths = write_files(os.path.join(work, "files"), jpegs)
-        manifest = write_shards(os.path.join(work, "shards"), paths, FLAGS.shard_size_mb)
-        resized = write_shards(os.path.join(work, "resized"), paths, FLAGS.shard_size_mb, resize_to=FLAGS.image_size)
+        manifest = write_shards(os.path.join(work, "shards"), paths, NUM_CLASSES, FLAGS.shard_size_mb)
+        resized = write_shards(os.path.join(work, "resized"), paths, NUM_CLASSES, FLAGS.shard_size_mb,
+                               resize_to=FLAGS.image_size)
 
         # --- loaders, in the order they alternate
         size, batch = FLAGS.image_size, FLAGS.batch_size

@@ -4,7 +4,7 @@ import os
 import sys
 import traceback
 
-from absl import flags
+from absl import app, flags
 
 from spml_tf import stopping
 from spml_tf.errors import DataError, TrainingError, UsageError
@@ -14,6 +14,13 @@ def program_name(default):
     """The name errors start with: the installed command's (`spml-train`, ...) when run as one, else `default`."""
     name = os.path.basename(sys.argv[0])
     return name if name.startswith("spml-") else default
+
+
+def run_command(default_program, define_flags, run):
+    """A command's main: its flags defined, then run() under main_for (one line per error, an exit code)."""
+    define_flags()
+    program = program_name(default_program)
+    app.run(main_for(program, run), flags_parser=flags_parser(program))
 
 
 def flags_parser(program):

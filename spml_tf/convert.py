@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
 from spml_tf import cli, image_limits
 from spml_tf.errors import UsageError
@@ -244,9 +244,7 @@ def config_from_flags():
 
 def main():
     """`spml-convert` and `python -m spml_tf.convert`."""
-    define_flags()
-    program = cli.program_name("convert")
-    app.run(cli.main_for(program, lambda: convert(config_from_flags())), flags_parser=cli.flags_parser(program))
+    cli.run_command("convert", define_flags, lambda: convert(config_from_flags()))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
 from spml_tf import cli, image_limits
 from spml_tf import config as config_lib
@@ -134,9 +134,7 @@ def run():
 
 def main():
     """`spml-export` and `python -m spml_tf.export`."""
-    define_flags()
-    program = cli.program_name("export")
-    app.run(cli.main_for(program, run), flags_parser=cli.flags_parser(program))
+    cli.run_command("export", define_flags, run)
 
 
 if __name__ == "__main__":

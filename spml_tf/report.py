@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
 from spml_tf import cli, metrics, run_dir
 from spml_tf.errors import DataError, UsageError
@@ -135,9 +135,7 @@ def run():
 
 
 def main():
-    define_flags()
-    program = cli.program_name("report")
-    app.run(cli.main_for(program, run), flags_parser=cli.flags_parser(program))
+    cli.run_command("report", define_flags, run)
 
 
 if __name__ == "__main__":

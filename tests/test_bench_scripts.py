@@ -54,3 +54,18 @@ def test_metrics_apl_benchmark_writes_its_report(tmp_path):
         assert report[side]["total_seconds"] > 0
     assert report["target"]["seconds"] == 1.0 and report["target"]["met"] == (report["ours"]["total_seconds"] < 1.0)
     assert "| one APL round |" in stdout
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_writes_its_report(tmp_path):
+    """bench/train_step.py on a tiny network and size: every variant timed, torch compared or its absence said."""
+    output = tmp_path / "train_step.json"
+    stdout = run_bench("train_step.py", "--backbone=small_cnn", "--image_size=16", "--batch_size=4", "--warmup=1",
+                       "--steps=4", "--repeats=1", f"--output={output}")
+    report = json.load(open(output))
+    assert set(report["ours"]) == {"fit", "fit_bare", "jit", "spe4", "bf16", "shards"}
+    assert all(row["images_per_second"] > 0 and len(row["repeats"]) == 1 for row in report["ours"].values())
+    assert report["config"]["image_size"] == 16 and report["config"]["backbone"] == "small_cnn"
+    # No torch counterpart of the small CNN (and torch is not a dependency): the row says why it is skipped.
+    assert report["torch"] is None and report["torch_skipped"]
+    assert "original code's step | skipped:" in stdout and open(tmp_path / "train_step.md").read() in stdout

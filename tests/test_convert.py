@@ -470,6 +470,14 @@ def test_command_line_bad_images_exit_1_with_the_report(tmp_path):
         assert f"{image}: {reason}" in result.stderr
 
 
+def _predicts_a_voc_image(tmp_path):
+    """The export under tmp_path/serving labels an image of the raw VOC fixture (top 2 classes)."""
+    image = raw_fixtures.voc_image_path(str(tmp_path / "raw"))
+    predicted = subprocess.run([sys.executable, "-m", "spml_tf.predict", f"--saved_model={tmp_path / 'serving'}",
+                                "--top_k=2", image], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert predicted.returncode == 0 and predicted.stdout.startswith(f"{image}: "), predicted.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_convert_then_train_on_voc_from_the_command_line(tmp_path):
     raw_fixtures.make_voc(str(tmp_path / "raw"), num_train=60, num_val=20)
@@ -491,10 +499,7 @@ def test_convert_then_train_on_voc_from_the_command_line(tmp_path):
     assert results["config"]["backbone"] == "resnet50" and results["config"]["batch_size"] == 8
     assert len(results["class_names"]) == 20 and results["test"]["map"] >= 0
     assert "precision" in results["apl_rounds"][0]  # full training labels are known for VOC
-    image = raw_fixtures.voc_image_path(str(tmp_path / "raw"))
-    predicted = subprocess.run([sys.executable, "-m", "spml_tf.predict", f"--saved_model={tmp_path / 'serving'}",
-                                "--top_k=2", image], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert predicted.returncode == 0 and predicted.stdout.startswith(f"{image}: "), predicted.stderr[-2000:]
+    _predicts_a_voc_image(tmp_path)
 
 
 @pytest.mark.slow
@@ -516,10 +521,7 @@ def test_the_later_methods_train_on_voc_with_their_authors_presets(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.load(open(tmp_path / "gr" / "results.json"))["config"]
     assert (config["head"], config["batch_size"], config["epochs"]) == ("boostlu", 8, 2)
-    image = raw_fixtures.voc_image_path(str(tmp_path / "raw"))
-    predicted = subprocess.run([sys.executable, "-m", "spml_tf.predict", f"--saved_model={tmp_path / 'serving'}",
-                                "--top_k=2", image], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert predicted.returncode == 0 and predicted.stdout.startswith(f"{image}: "), predicted.stderr[-2000:]
+    _predicts_a_voc_image(tmp_path)
 
 
 @pytest.mark.slow
