@@ -52,4 +52,5 @@ def test_conversion_benchmark_writes_its_report(tmp_path):
     report = json.load(open(output))
     assert report["images"] == 40 and report["megabytes"] > 0
     [row] = report["results"]
-    assert row["workers"] == 1 and row["images_per_second"] == pytest.approx(40 / row["seconds"], rel=0.01)
+    # The report rounds the rate to 0.1 image/s: on a slow machine that is more than 1% of it.
+    assert row["workers"] == 1 and row["images_per_second"] == pytest.approx(40 / row["seconds"], rel=0.01, abs=0.05)
