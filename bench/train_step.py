@@ -114,14 +114,13 @@ def time_fit(trainer, dataset, callbacks, steps_per_execution=1):
         model.compile(optimizer=model.optimizer, loss=model.loss, steps_per_execution=steps_per_execution,
                       jit_compile=model.jit_compile)
     quiet = io.StringIO()  # the progress bar's output
-    iterator_source = dataset
     with contextlib.redirect_stdout(quiet):
-        model.fit(iterator_source, epochs=1, steps_per_epoch=max(FLAGS.warmup, steps_per_execution),
+        model.fit(dataset, epochs=1, steps_per_epoch=max(FLAGS.warmup, steps_per_execution),
                   callbacks=callbacks(), verbose=0, shuffle=False)
         rates = []
         for _ in range(FLAGS.repeats):
             started = time.perf_counter()
-            model.fit(iterator_source, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=callbacks(), verbose=0, shuffle=False)
+            model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=callbacks(), verbose=0, shuffle=False)
             rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - started))
     return statistics.median(rates), rates
 

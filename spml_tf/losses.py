@@ -439,9 +439,10 @@ class LargeLossCorrectionPermanent(LargeLoss):
     def apply_corrections(self):
         """Writes the epoch's corrections into the bank (unannotated entries only) and clears them; returns how
         many labels became positive."""
-        corrected = (self.corrections.read_value().numpy() > 0) & (self.bank.numpy() == 0)
+        labels = self.bank.numpy()
+        corrected = (self.corrections.read_value().numpy() > 0) & (labels == 0)
         if corrected.any():
-            self.bank.assign(np.where(corrected, 1.0, self.bank.numpy()))
+            self.bank.assign(np.where(corrected, 1.0, labels))
         self.corrections.assign(tf.zeros(self.bank.shape, tf.float32))
         return int(corrected.sum())
 
@@ -485,6 +486,8 @@ class GeneralizedRobust(SPMLLoss):
         super().__init__(name=name or self.key, **kwargs)
         self.gr_w, self.gr_b, self.gr_mu, self.gr_sigma, self.gr_q = (
             tuple(float(v) for v in pair) for pair in (gr_w, gr_b, gr_mu, gr_sigma, gr_q))
+        # Until set_epoch (EpochSchedule calls it before every epoch of a run): the authors' values for a
+        # one-epoch run, (w_0, b_0, mu_T, sigma_T).
         self.schedule = tf.Variable(gr_schedule(1, 1, self.gr_w, self.gr_b, self.gr_mu, self.gr_sigma),
                                     dtype=tf.float32, trainable=False, name=f"{self.key}_schedule")
 

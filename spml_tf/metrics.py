@@ -37,11 +37,6 @@ def mean_average_precision(y_true, scores):
     return 100.0 * float(np.mean(average_precision_per_class(y_true, scores)))
 
 
-def per_class_ap(y_true, scores, class_names):
-    """{class name: AP in percent} (results.json's per-class AP)."""
-    return dict(zip(class_names, (100.0 * average_precision_per_class(y_true, scores)).tolist()))
-
-
 def worst_classes(per_class, count=None):
     """[(class, AP)] sorted by AP, worst first (ties by name); the first `count`, or all."""
     ranked = sorted(per_class.items(), key=lambda item: (item[1], item[0]))
@@ -94,8 +89,18 @@ def top_k_mask(scores, k):
 
 def evaluate(y_true, scores, threshold=0.75, ks=(1, 3, 5)):
     """Every metric of a split as a flat dict of percentages."""
+    return _evaluate(y_true, scores, average_precision_per_class(y_true, scores), threshold, ks)
+
+
+def evaluate_with_classes(y_true, scores, class_names, threshold=0.75, ks=(1, 3, 5)):
+    """(evaluate's dict, {class name: AP in percent}): the per-class AP is computed once for both."""
+    ap = average_precision_per_class(y_true, scores)
+    return _evaluate(y_true, scores, ap, threshold, ks), dict(zip(class_names, (100.0 * ap).tolist()))
+
+
+def _evaluate(y_true, scores, ap, threshold, ks):
     micro, macro = f1_scores(y_true, scores, threshold)
-    result = {"map": mean_average_precision(y_true, scores), "f1_micro": micro, "f1_macro": macro}
+    result = {"map": 100.0 * float(np.mean(ap)), "f1_micro": micro, "f1_macro": macro}  # mean_average_precision
     for k in ks:
         result[f"precision_at_{k}"], result[f"recall_at_{k}"] = precision_recall_at_k(y_true, scores, k)
     return result

@@ -113,7 +113,7 @@ def _apl_figure(pyplot, rounds):
 
 
 def _per_class_figure(pyplot, per_class_ap, split):
-    ranked = metrics.worst_classes({name: ap for name, ap in per_class_ap.items() if ap is not None})
+    ranked = metrics.worst_classes(per_class_ap)
     figure, axes = pyplot.subplots(figsize=(7, max(2.5, 0.22 * len(ranked) + 1)))
     axes.barh([name for name, _ in ranked], [ap for _, ap in ranked])
     axes.invert_yaxis()  # worst at the top

@@ -219,17 +219,18 @@ def evaluate_best_epoch(config, splits, labels, data, trainer, summary, callback
     test_metrics = test_per_class = None
     if data.test is not None:
         test_probs = trainer.predictor.probabilities(data.test, splits.test.num_examples)
-        test_metrics = metrics.evaluate(labels["test"].full, test_probs, config.threshold)
-        test_per_class = metrics.per_class_ap(labels["test"].full, test_probs, names)
+        test_metrics, test_per_class = metrics.evaluate_with_classes(labels["test"].full, test_probs, names,
+                                                                     config.threshold)
+    val_metrics, val_per_class = metrics.evaluate_with_classes(val_truth, val_probs, names, config.threshold)
     results = {
         "config": dataclasses.asdict(config),
         "class_names": names,
         "history": summary.records,
         "apl_rounds": [],
         "best_epoch": best["epoch"],
-        "val": metrics.evaluate(val_truth, val_probs, config.threshold),
+        "val": val_metrics,
         "test": test_metrics,
-        "per_class_ap": {"val": metrics.per_class_ap(val_truth, val_probs, names), "test": test_per_class},
+        "per_class_ap": {"val": val_per_class, "test": test_per_class},
     }
     for callback in callbacks:  # what a loss's callbacks report (APL: its rounds)
         if hasattr(callback, "results"):
