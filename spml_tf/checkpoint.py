@@ -21,12 +21,13 @@ disagreeing or half written, and it knows nothing of our label bank.)
 """
 
 import io
+import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import files, label_bank, run_dir
+from spml_tf import files, label_bank, run_dir, schema
 from spml_tf.errors import DataError, TrainingError, UsageError, reason
 
 DIRECTORY = run_dir.CHECKPOINT
@@ -38,11 +39,26 @@ BANK = "label_bank.npy"
 MAY_DIFFER = ("model_dir", "data_dir", "strategy", "jit_compile", "worker_timeout")  # where and how fast, not what
 
 
-def identity(config, class_names):
-    """What a checkpoint must match to be resumed: the config (bar paths) and the classes."""
+def identity(config, class_names, train_manifest=None):
+    """What a checkpoint must match to be resumed: the config (bar paths), the classes and the training data
+    (its size and the fingerprint of its conversion: --data_dir may move, the data may not change)."""
     fields = {key: list(value) if isinstance(value, tuple) else value  # as state.json gives them back
               for key, value in vars(config).items() if key not in MAY_DIFFER}
-    return {"config": fields, "class_names": list(class_names)}
+    found = {"config": fields, "class_names": list(class_names)}
+    if train_manifest is not None:
+        found["data"] = {"train_examples": train_manifest.num_examples, "fingerprint": train_manifest.fingerprint}
+    return found
+
+
+# state.json as `write` makes it; each callback's own state is checked against its state_schema() on resume.
+_STATE = schema.Record({
+    "epoch": schema.Integer(0),
+    "stop_training": schema.Boolean(),
+    "identity": schema.Record({"config": schema.MapOf(schema.Anything()), "class_names": schema.ListOf(schema.Text())},
+                              optional={"data": schema.Record({"train_examples": schema.Integer(0),
+                                                               "fingerprint": schema.Text()})}),
+    "callbacks": schema.MapOf(schema.Anything()),
+})
 
 
 class Saved:
@@ -52,14 +68,15 @@ class Saved:
         self.path = path
         self.array_files = {}  # state key -> file of its arrays, where not <state key>.npz
         try:
-            self.state = self._upgrade(files.read_json(files.join(path, STATE)))
-            for key, kind in (("epoch", int), ("stop_training", bool), ("identity", dict), ("callbacks", dict)):
-                if not isinstance(self.state[key], kind):
-                    raise TypeError(f"{key!r} is not a {kind.__name__}")
+            self.state = self._upgrade(schema.check(files.read_json(files.join(path, STATE)), schema.Anything()))
+            schema.check(self.state, _STATE, STATE)
         except tf.errors.NotFoundError:
             raise self.damaged(f"{STATE} is missing") from None
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise self.damaged(f"{STATE} is not what a checkpoint writes ({error})") from None
+        named = int(re.fullmatch(r"epoch-(\d+)", path.rstrip("/").rsplit("/", 1)[-1])[1])
+        if self.state["epoch"] != named:
+            raise self.damaged(f"{STATE} says epoch {self.state['epoch']}, its folder's name epoch {named}")
         for name in (WEIGHTS, BANK):
             if not tf.io.gfile.exists(files.join(path, name)):
                 raise self.damaged(f"{name} is missing")
@@ -75,18 +92,40 @@ class Saved:
         return self.state["stop_training"]
 
     def check_matches(self, expected):
-        """UsageError listing what differs when this checkpoint is of another run."""
+        """UsageError listing what differs when this checkpoint is of another run (other settings, classes or
+        training data); DataError when its epoch counter lies outside the run's epochs."""
         saved = self.state["identity"]
-        if saved == expected:
-            return
         differences = [f"--{key}={saved['config'].get(key)!r} there, {value!r} now"
                        for key, value in expected["config"].items() if saved["config"].get(key) != value]
         if saved["class_names"] != expected["class_names"]:
             differences.append(f"{len(saved['class_names'])} classes there, {len(expected['class_names'])} now")
-        raise UsageError(
-            f"{_model_dir(self.path)} holds a checkpoint of a different run "
-            f"({'; '.join(differences)}). Resume it with its own settings, or pass another --model_dir."
-        )
+        if differences:
+            raise UsageError(f"{_model_dir(self.path)} holds a checkpoint of a different run "
+                             f"({'; '.join(differences)}). Resume it with its own settings, or pass another "
+                             "--model_dir.")
+        data, expected_data = saved.get("data"), expected.get("data")
+        if data is not None and expected_data is not None and data != expected_data:
+            size = (f"{data['train_examples']:,} training images there, {expected_data['train_examples']:,} now"
+                    if data["train_examples"] != expected_data["train_examples"] else "converted from other inputs")
+            raise UsageError(f"{_model_dir(self.path)} holds a checkpoint trained on other data ({size}). Resume it "
+                             "with the --data_dir it was trained on, or pass another --model_dir.")
+        epochs = expected["config"]["epochs"]
+        if not 0 <= self.epoch <= epochs:
+            raise self.damaged(f"{STATE} says {self.epoch} epochs are done, outside 0..--epochs={epochs}")
+
+    def check_callbacks(self, stateful, model):
+        """Checks every stateful callback's saved state against its state_schema() and its arrays against the
+        model's weights, before anything is restored (DataError naming the first that does not fit)."""
+        self._checked_arrays = {}
+        for key, callback in stateful.items():
+            if key not in self.state["callbacks"]:
+                raise self.damaged(f"{STATE} has no state for {key!r}")
+            try:
+                schema.check(self.state["callbacks"][key], callback.state_schema(self.epoch), f"callbacks.{key}")
+            except schema.SchemaError as error:
+                raise self.damaged(f"the state in {STATE} does not fit ({error})") from None
+            if hasattr(callback, "set_arrays"):
+                self._checked_arrays[key] = self._arrays(key, model.weights)
 
     def damaged(self, problem):
         """The DataError for a checkpoint that cannot be used, with the two ways on."""
@@ -95,11 +134,9 @@ class Saved:
     def restore_model(self, trainer, bank):
         """Weights, optimizer state and label bank, before `fit`; everything is checked before anything is set."""
         try:
-            labels = files.load_npy(files.join(self.path, BANK))
-        except (ValueError, OSError, EOFError) as error:
-            raise self.damaged(f"{BANK} is not a plain array ({error})") from None
-        if labels.shape != bank.shape:
-            raise self.damaged(f"{BANK} has shape {labels.shape}, the training set's labels {bank.shape}")
+            labels = files.load_npy(files.join(self.path, BANK), tuple(bank.shape))
+        except (ValueError, OSError, EOFError, tf.errors.OpError) as error:
+            raise self.damaged(f"{BANK} is not the training set's label matrix ({reason(error)})") from None
         try:
             label_bank.check_encoding(labels, BANK)
         except DataError as error:
@@ -112,33 +149,28 @@ class Saved:
             raise self.damaged(f"{WEIGHTS} does not load ({reason(error)})") from None
         bank.assign(labels)
 
-    def restore_callback(self, callback, model):
-        """Puts a stateful callback's saved state (and arrays) back; checks arrays against the model's weights."""
+    def restore_callback(self, callback):
+        """Puts a stateful callback's saved state (and arrays) back, once check_callbacks found them sound."""
         key = callback.state_key
-        if key not in self.state["callbacks"]:
-            raise self.damaged(f"{STATE} has no state for {key!r}")
-        try:
-            callback.set_state(self.state["callbacks"][key])
-        except (KeyError, TypeError, ValueError) as error:
-            raise self.damaged(f"the state of {key!r} in {STATE} does not fit ({error})") from None
+        callback.set_state(self.state["callbacks"][key])
         if hasattr(callback, "set_arrays"):
-            callback.set_arrays(self._arrays(key, [weight.shape for weight in model.weights]))
+            callback.set_arrays(self._checked_arrays[key])
 
-    def _arrays(self, key, expected_shapes):
+    def _arrays(self, key, weights):
+        """The arrays saved for `key` (None if there are none), each of its weight's shape and a float type."""
         name = self.array_files.get(key, f"{key}.npz")
         path = files.join(self.path, name)
         if not tf.io.gfile.exists(path):
             return None
         try:
-            with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read())) as arrays:  # no pickles
-                loaded = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-        except (ValueError, OSError, KeyError, EOFError) as error:
-            raise self.damaged(f"{name} is not a plain array archive ({error})") from None
-        shapes = [tuple(array.shape) for array in loaded]
-        if shapes != [tuple(shape) for shape in expected_shapes]:
-            raise self.damaged(f"{name} holds {len(shapes)} arrays that do not fit the model's "
-                               f"{len(expected_shapes)} weights")
-        return loaded
+            with tf.io.gfile.GFile(path, "rb") as f:
+                arrays = files.read_npz(f.read(), [tuple(weight.shape) for weight in weights])  # no pickles
+        except (ValueError, tf.errors.OpError) as error:
+            raise self.damaged(f"{name} is not the arrays this run saves ({reason(error)})") from None
+        floats = [i for i, array in enumerate(arrays) if array.dtype.kind != "f" or not np.isfinite(array).all()]
+        if floats:
+            raise self.damaged(f"{name}: array {floats[0]} is not finite floating-point weights")
+        return arrays
 
     def _upgrade(self, state):
         """A state.json written before the callback protocol (history, apl and early_stopping at its top, the best
@@ -202,6 +234,7 @@ def write(model_dir, epoch, trainer, bank, state, arrays):
                 files.replace(files.join(path, f"{key}.npz"), lambda temporary, a=key_arrays: _savez(temporary, a))
         files.write_json(files.join(path, STATE), {**state, "epoch": epoch}, indent=None)
     except (OSError, tf.errors.OpError) as error:
+        files.release_failed_write(error)
         if tf.io.gfile.exists(path):
             tf.io.gfile.rmtree(path)
         previous = latest(model_dir)
@@ -243,7 +276,7 @@ class Checkpointing(keras.callbacks.Callback):
         if self.resumed is None:
             return
         for callback in self.stateful.values():
-            self.resumed.restore_callback(callback, self.model)
+            self.resumed.restore_callback(callback)
 
     def on_epoch_end(self, epoch, logs=None):
         state = {"identity": self.run_identity, "stop_training": bool(self.model.stop_training),

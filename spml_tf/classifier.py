@@ -12,6 +12,7 @@ SavedModel (pipeline.decode_and_resize), so the three give the same numbers.
 import numpy as np
 
 from spml_tf import image_limits, run_dir
+from spml_tf import results as results_lib
 from spml_tf.errors import DataError, UsageError, reason
 
 _RETRAIN = "; train the run again (the same command resumes and rewrites it)"
@@ -27,15 +28,9 @@ def load_run(model_dir):
     from spml_tf import files
 
     model_path = files.join(model_dir, run_dir.MODEL_FILE)
-    results_path = files.join(model_dir, run_dir.RESULTS)
-    for path in (model_path, results_path):
-        if not tf.io.gfile.exists(path):
-            raise UsageError(f"{path} not found: --model_dir must be the directory of a finished training run")
-    try:
-        results = files.read_json(results_path)
-        results["class_names"], results["config"]["image_size"]  # noqa: B018  (both must be there)
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{results_path} is damaged ({error}){_RETRAIN}") from None
+    if not tf.io.gfile.exists(model_path):
+        raise UsageError(f"{model_path} not found: --model_dir must be the directory of a finished training run")
+    results = results_lib.read(model_dir)
     with tf.io.gfile.GFile(model_path, "rb") as f:
         complete = zipfile.is_zipfile(f)  # Keras says "File not found" for a truncated archive
     if not complete:
@@ -44,6 +39,11 @@ def load_run(model_dir):
         model = keras.saving.load_model(model_path, safe_mode=True)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise DataError(f"{model_path} does not load ({reason(error)}){_RETRAIN}") from None
+    outputs, names = model.output_shape[-1], len(results["class_names"])
+    if outputs != names or tuple(model.input_shape[1:3]) != (results["config"]["image_size"],) * 2:
+        raise DataError(f"{model_path} and {files.join(model_dir, run_dir.RESULTS)} are of different runs (the model "
+                        f"takes {model.input_shape[1]} px images to {outputs} classes, the results name {names} "
+                        f"classes at {results['config']['image_size']} px){_RETRAIN}")
     return model, results
 
 
@@ -89,7 +89,8 @@ class Classifier:
         return tf.sigmoid(tf.cast(logits, tf.float32)).numpy()
 
     def predict_files(self, paths, batch_size=32, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
-        """float32 [len(paths), C] probabilities of image files (JPEG/PNG/GIF/BMP, any filesystem TensorFlow reads).
+        """float32 [len(paths), C] probabilities of image files (JPEG, PNG, GIF, BMP, WebP; any filesystem
+        TensorFlow reads).
 
         DataError naming the first file that is missing, too large or not an image.
         """
@@ -102,10 +103,10 @@ class Classifier:
             data, problem = read_image_file(path, max_pixels)
             if problem is None:
                 try:
-                    images.append(pipeline.decode_and_resize(tf.constant(data), self.image_size).numpy())
+                    images.append(pipeline.decode_and_resize(tf.constant(data), self.image_size, max_pixels).numpy())
                     continue
                 except tf.errors.InvalidArgumentError:
-                    problem = "is not a decodable JPEG/PNG/GIF/BMP image"
+                    problem = f"is not a decodable {image_limits.FORMATS} image"
             raise DataError(f"{path} {problem}")
         if not images:
             return np.zeros((0, len(self.class_names)), np.float32)

@@ -4,6 +4,7 @@ Importing it costs no TensorFlow: the command lines check their flags with it fi
 """
 
 import dataclasses
+import math
 import os
 
 from spml_tf.errors import UsageError
@@ -74,6 +75,18 @@ class Config:
     max_map_drop: float = 0.0  # > 0: stop when val mAP falls more than this below its best (patience then unused)
 
     def __post_init__(self):
+        for name in ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q"):
+            value = getattr(self, name)
+            _check(len(value) == 2, f"--{name} takes two numbers (first, last), got {list(value)}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))  # JSON gives lists back
+        # Every number finite, first: inf passes checks such as `alpha >= 0`, and nan fails every comparison.
+        for field in dataclasses.fields(self):
+            if field.type in (int, float, tuple):
+                value = getattr(self, field.name)
+                numbers = value if field.type is tuple else (value,)
+                # An int is finite (and may be too large for a float, which math.isfinite would need).
+                _check(all(isinstance(number, int) or math.isfinite(number) for number in numbers),
+                       f"--{field.name}={','.join(map(str, numbers))} must be finite, not inf or nan")
         _check(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")
         _check(self.train_set_variant in LABEL_VARIANTS,
                f"--train_set_variant={self.train_set_variant!r} is not one of {', '.join(LABEL_VARIANTS)}")
@@ -105,10 +118,6 @@ class Config:
         _check(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0")
         _check(0 <= self.ll_delta <= 100, f"--ll_delta={self.ll_delta} must be a percentage in [0, 100]")
         _check(self.max_map_drop >= 0, f"--max_map_drop={self.max_map_drop} must be >= 0")
-        for name in ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q"):
-            value = getattr(self, name)
-            _check(len(value) == 2, f"--{name} takes two numbers (first, last), got {list(value)}")
-            object.__setattr__(self, name, tuple(float(v) for v in value))  # JSON gives lists back
         _check(min(self.gr_sigma) > 0, f"--gr_sigma={list(self.gr_sigma)} must be positive")
         _check(min(self.gr_q) > 0, f"--gr_q={list(self.gr_q)} must be positive")
         if self.weights not in ("imagenet", "none"):

@@ -71,10 +71,12 @@ class ConvertConfig:
             require(self.name.replace("_", "").replace("-", "").isalnum(),
                     f"--name={self.name!r}: use letters, digits, '-' and '_' only")
         require(self.observed_negatives >= 0, f"--observed_negatives={self.observed_negatives} must be >= 0")
-        require(self.shard_size_mb > 0, f"--shard_size_mb={self.shard_size_mb} must be positive")
+        require(0 < self.shard_size_mb <= 100_000, f"--shard_size_mb={self.shard_size_mb} must be in (0, 100000]")
         require(self.workers >= 1, f"--workers={self.workers} must be at least 1")
         require(self.resize_to >= 0, f"--resize_to={self.resize_to} must be 0 (keep the source images) or a side")
-        require(self.max_image_pixels >= 1, f"--max_image_pixels={self.max_image_pixels} must be at least 1")
+        require(1 <= self.max_image_pixels <= image_limits.DEFAULT_MAX_PIXELS,
+                f"--max_image_pixels={self.max_image_pixels} must be in 1..{image_limits.DEFAULT_MAX_PIXELS:,}: the "
+                "trainer decodes no image above that")
 
     @property
     def dataset_name(self):

@@ -173,12 +173,16 @@ def _names(workers):
 
 
 def _host_port(address):
+    """(host, port) of a TF_CONFIG worker address `host:port` (or `[IPv6 host]:port`); UsageError naming it unless
+    it is one, with a port from 1 to 65535."""
     host, _, port = address.rpartition(":")
+    if not (host.strip("[]") and re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+        raise UsageError(f"TF_CONFIG: worker address {address!r} is not host:port with a port from 1 to 65535")
     return host.strip("[]"), int(port)
 
 
 def _worker_from_tf_config():
-    """(this worker's index, every worker's host:port) from TF_CONFIG; UsageError naming what is missing."""
+    """(this worker's index, every worker's host:port) from TF_CONFIG; UsageError naming what is missing or wrong."""
     text = os.environ.get("TF_CONFIG")
     example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                '"task": {"type": "worker", "index": 0}}\'')
@@ -186,11 +190,17 @@ def _worker_from_tf_config():
         raise UsageError(f"--strategy=multi_worker reads the cluster from TF_CONFIG, which is not set; e.g. {example}")
     try:
         config = json.loads(text)
-        workers = config["cluster"]["worker"]
-        index = int(config["task"]["index"])
-        assert config["task"]["type"] == "worker" and 0 <= index < len(workers)
-        for address in workers:
-            _host_port(address)
-    except (ValueError, KeyError, TypeError, AssertionError, AttributeError):
-        raise UsageError(f"TF_CONFIG={text!r} is not a worker cluster of host:port addresses; e.g. {example}") from None
+        workers, task = config["cluster"]["worker"], config["task"]
+        index = int(task["index"])
+        is_worker_cluster = (task["type"] == "worker" and isinstance(workers, list) and workers
+                             and all(isinstance(address, str) for address in workers))
+    except (ValueError, KeyError, TypeError):
+        is_worker_cluster = False
+    if not is_worker_cluster:
+        raise UsageError(f"TF_CONFIG={text!r} is not a worker cluster of host:port addresses; e.g. {example}")
+    if not 0 <= index < len(workers):
+        raise UsageError(f"TF_CONFIG: task index {index} is not one of the {len(workers)} worker(s) of its cluster "
+                         f"(0 to {len(workers) - 1})")
+    for address in workers:
+        _host_port(address)
     return index, tuple(workers)

@@ -3,7 +3,7 @@
 import numpy as np
 import keras
 
-from spml_tf import metrics
+from spml_tf import metrics, schema
 
 
 class Predictor:
@@ -62,6 +62,12 @@ class EpochSummary(keras.callbacks.Callback):
     def get_state(self):
         return {"records": self.records}
 
+    def state_schema(self, epochs_done):
+        """One record per epoch done: its number, its val_map and any other number the logs held."""
+        record = schema.Record({"epoch": schema.Integer(1, epochs_done), "val_map": schema.Number(0, 100)},
+                               others=schema.Number())
+        return schema.Record({"records": schema.ListOf(record, length=epochs_done)})
+
     def set_state(self, state):
         self.records = list(state["records"])
 
@@ -103,6 +109,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def get_state(self):
         return {"wait": self.wait, "best_epoch": self.best_epoch,
                 "best": None if self.best is None else float(self.best)}
+
+    def state_schema(self, epochs_done):
+        return schema.Record({"wait": schema.Integer(0, epochs_done),
+                              "best_epoch": schema.Integer(0, max(epochs_done - 1, 0)),  # Keras counts from 0
+                              "best": schema.Number(0, 100, nullable=True)})
 
     def set_state(self, state):
         self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]

@@ -1,7 +1,7 @@
 """SavedModel export for TF Serving: `python -m spml_tf.export --model_dir=RUN --export_dir=DIR`.
 
 Writes DIR/<next integer version>/ with three signatures:
-  serving_default  image_bytes: string [batch] (JPEG/PNG/GIF/BMP, any size up to a pixel
+  serving_default  image_bytes: string [batch] (JPEG/PNG/GIF/BMP/WebP, any size up to a pixel
                    limit read from the header before decoding), decoded,
                    resized and normalised inside the graph exactly as in evaluation
                    -> probabilities: float32 [batch, C] (sigmoid)
@@ -22,14 +22,25 @@ from absl import flags
 
 from spml_tf import cli, image_limits
 from spml_tf import config as config_lib
-from spml_tf.errors import UsageError
-
+from spml_tf.errors import UsageError, reason
 
 
 def check_threshold(threshold):
     """UsageError unless 0 < threshold < 1 (checked before training, so a bad flag costs no run)."""
     if not 0.0 < threshold < 1.0:
         raise UsageError(f"--serving_threshold={threshold} must be in (0, 1)")
+
+
+def check_export_dir(export_base):
+    """UsageError when `export_base` cannot become a directory: it, or the nearest of its parents that exists, is
+    a file (checked before training, so that the export at its end cannot fail on it)."""
+    import os
+
+    path = os.path.abspath(export_base) if "://" not in export_base else None
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path) if os.path.dirname(path) != path else None
+    if path and not os.path.isdir(path):
+        raise UsageError(f"--export_dir={export_base}: {path} is a file, so no SavedModel can be written there")
 
 
 def versions(export_base):
@@ -98,9 +109,29 @@ def export_saved_model(model, class_names, image_size, export_base, threshold=co
     archive.add_endpoint("serve_images", serve_images,
                          input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
     archive.add_endpoint("metadata", metadata, input_signature=[])
-    version_dir = next_version_dir(export_base)
-    archive.write_out(version_dir, verbose=False)
+    try:
+        version_dir = next_version_dir(export_base)
+        _write_whole(archive, version_dir)
+    except (tf.errors.OpError, OSError) as error:  # read-only, not a directory, no permission, disk full
+        raise UsageError(f"--export_dir={export_base}: cannot write the SavedModel there ({reason(error)})") from None
     return version_dir
+
+
+def _write_whole(archive, version_dir):
+    """Writes the SavedModel under `<base>/.partial-<version>` (a name TF Serving ignores), then renames it to
+    `<base>/<version>`: a server watching the base path never loads half an export, also after a kill. (A base
+    path on another filesystem, gs:// say, has no directory rename: written in place there.)"""
+    import tensorflow as tf
+
+    if "://" in version_dir:
+        archive.write_out(version_dir, verbose=False)
+        return
+    base, version = os.path.split(version_dir)
+    partial = os.path.join(base, f".partial-{version}")
+    if tf.io.gfile.exists(partial):  # left by an export killed while writing this version
+        tf.io.gfile.rmtree(partial)
+    archive.write_out(partial, verbose=False)
+    os.rename(partial, version_dir)
 
 
 def export_run(model_dir, export_base, threshold=config_lib.THRESHOLD,

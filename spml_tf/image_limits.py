@@ -1,10 +1,15 @@
 """The pixel limit on images, read from the header before anything is decoded.
 
 A few hundred kilobytes of PNG can declare 23000 x 23000 pixels, which decode
-to 1.6 GB. The converter, predict and the exported SavedModel read the size
-an image declares (JPEG's frame header, PNG's IHDR, GIF's screen descriptor,
-BMP's info header) and refuse it above a limit, before decoding. The same
-TensorFlow ops serve all three, eagerly or inside a graph. (TensorFlow is
+to 1.6 GB, and 34 bytes of WebP 16383 x 16383. The converter, the trainer's
+input pipeline, predict and the exported SavedModel read the size an image
+declares (JPEG's frame header, PNG's IHDR, GIF's screen descriptor, BMP's
+info header, WebP's VP8 / VP8L / VP8X header) and refuse it above a limit,
+before decoding; bytes in any other format (TensorFlow's decoder also takes
+JPEG XL, whose size is not read here) are refused as not an image of these
+five. An animated GIF or WebP decodes to its first frame only
+(`expand_animations=False`), so its canvas bounds what is decoded. The same
+TensorFlow ops serve everyone, eagerly or inside a graph. (TensorFlow is
 imported when they are first used, so that flags can read the default.)
 """
 
@@ -12,8 +17,11 @@ DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: well above any camera photo 
 _HEADER_BYTES = 32
 
 
+FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+
+
 def declared_size(encoded):
-    """(height, width) as int64 scalars that the image's header declares; (0, 0) for a format it does not know.
+    """(height, width) as int64 scalars that the image's header declares; (-1, -1) for a format it does not know.
 
     A JPEG whose header does not parse raises InvalidArgumentError, as its decode would.
     """
@@ -35,41 +43,55 @@ def declared_size(encoded):
     def signed32(value):
         return tf.where(value >= 2**31, value - 2**32, value)
 
-    prefix = tf.strings.substr(head, 0, 8)
-    is_png = tf.equal(prefix, b"\x89PNG\r\n\x1a\n")
-    is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
-    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    def starts(offset, text):
+        return tf.equal(tf.strings.substr(head, offset, len(text)), text)
+
+    is_png, is_gif, is_bmp = starts(0, b"\x89PNG\r\n\x1a\n"), starts(0, b"GIF8"), starts(0, b"BM")
+    is_webp = tf.logical_and(starts(0, b"RIFF"), starts(8, b"WEBP"))
+    lossy, lossless, extended = (tf.logical_and(is_webp, starts(12, chunk)) for chunk in (b"VP8 ", b"VP8L", b"VP8X"))
+    packed = number(21, 4, False)  # VP8L: 14 bits of width - 1, then 14 of height - 1
 
     def jpeg():
         shape = tf.cast(tf.image.extract_jpeg_shape(encoded), tf.int64)
         return shape[0], shape[1]
 
     def other():
-        height = tf.where(is_png, number(20, 4, True),
-                          tf.where(is_gif, number(8, 2, False),
-                                   tf.where(is_bmp, tf.abs(signed32(number(22, 4, False))), 0)))
-        width = tf.where(is_png, number(16, 4, True),
-                         tf.where(is_gif, number(6, 2, False),
-                                  tf.where(is_bmp, tf.abs(signed32(number(18, 4, False))), 0)))
+        # (format, height, width) in order; the first that matches gives the size, none: -1.
+        sizes = [
+            (is_png, number(20, 4, True), number(16, 4, True)),
+            (is_gif, number(8, 2, False), number(6, 2, False)),
+            (is_bmp, tf.abs(signed32(number(22, 4, False))), tf.abs(signed32(number(18, 4, False)))),
+            (lossy, number(28, 2, False) % 2**14, number(26, 2, False) % 2**14),
+            (lossless, (packed // 2**14) % 2**14 + 1, packed % 2**14 + 1),
+            (extended, number(27, 3, False) + 1, number(24, 3, False) + 1),
+        ]
+        height = width = tf.constant(-1, tf.int64)
+        for matches, format_height, format_width in reversed(sizes):
+            height, width = tf.where(matches, format_height, height), tf.where(matches, format_width, width)
         return height, width
 
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
 def checked(encoded, max_pixels):
-    """`encoded`, once its header is known to declare at most `max_pixels` (else InvalidArgumentError naming the
-    size): decode what this returns, and the check runs first, also inside a graph."""
+    """`encoded`, once its header is known to declare at most `max_pixels` in one of the FORMATS (else
+    InvalidArgumentError naming the size, or the formats): decode what this returns, and the check runs first,
+    also inside a graph."""
     import tensorflow as tf
 
     height, width = declared_size(encoded)
-    within = tf.debugging.Assert(height * width <= max_pixels,
-                                 ["image declares", width, "x", height, f"pixels, above the limit of {max_pixels:,}"])
+    known = tf.debugging.Assert(height >= 0, [f"not a {FORMATS} image: its size cannot be read before decoding"])
+    with tf.control_dependencies([known]):
+        within = tf.debugging.Assert(height * width <= max_pixels,
+                                     ["image declares", width, "x", height,
+                                      f"pixels, above the limit of {max_pixels:,}"])
     with tf.control_dependencies([within]):
         return tf.identity(encoded)
 
 
 def problem(data, max_pixels):
-    """Why the encoded bytes `data` are over the limit (a sentence), or None; the header only is read."""
+    """Why the encoded bytes `data` are over the limit (a sentence), or None; the header only is read. (Bytes in
+    no format it knows are left to the decoder, which names what is wrong with them.)"""
     import tensorflow as tf
 
     try:

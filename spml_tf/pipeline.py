@@ -23,19 +23,22 @@ LABEL_BATCH = 4096
 REPAIR_HINT = "Convert the dataset again: the converter rewrites damaged shards"
 
 
-def decode(encoded):
-    """Encoded image bytes -> uint8 [height, width, 3].
+def decode(encoded, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
+    """Encoded image bytes -> uint8 [height, width, 3], once the header is known to declare at most `max_pixels`
+    in a format whose size it gives (image_limits: else InvalidArgumentError, before anything is decoded).
 
     JPEGs with libjpeg's accurate integer DCT, which is what PIL (the original
     code's loader) uses: the pixels then equal PIL's exactly (TensorFlow's
-    default DCT differs by up to 4 levels). Other formats as TensorFlow decodes them.
+    default DCT differs by up to 4 levels). Other formats as TensorFlow decodes them (an animation: its first
+    frame).
     """
+    encoded = image_limits.checked(encoded, max_pixels)
     return tf.cond(tf.io.is_jpeg(encoded),
                    lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
                    lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
 
-def decode_and_resize(encoded, image_size, max_pixels=None):
+def decode_and_resize(encoded, image_size, max_pixels=image_limits.DEFAULT_MAX_PIXELS):
     """Encoded JPEG/PNG bytes -> float32 [image_size, image_size, 3] in [0, 255]: the original preprocessing.
 
     The original resizes with PIL's bilinear filter (torchvision's
@@ -45,12 +48,10 @@ def decode_and_resize(encoded, image_size, max_pixels=None):
     on average, on VOC-sized photos (bench/resize.py; without antialias up to
     14 levels). An image already at the size (converted with --resize_to)
     skips the resize, which would return it unchanged: half the CPU time per image.
-    With `max_pixels`, an image whose header declares more pixels fails before
-    it is decoded (the exported model's requests; shards were checked when converted).
+    An image whose header declares more than `max_pixels` fails before it is
+    decoded: in training too, since a shard's bytes are only as safe as whoever made the shard.
     """
-    if max_pixels is not None:
-        encoded = image_limits.checked(encoded, max_pixels)
-    image = decode(encoded)
+    image = decode(encoded, max_pixels)
     same_size = tf.reduce_all(tf.shape(image)[:2] == image_size)
     image = tf.cast(image, tf.float32)  # the antialiased resize runs a third faster on float32 than on uint8
     image = tf.cond(same_size, lambda: image,
@@ -213,9 +214,13 @@ def explain_read_error(manifest, error, repair_hint=REPAIR_HINT):
         if problem:
             return DataError(f"{path} is damaged ({problem}). {repair_hint}")
     bad = _undecodable_images(manifest)
+    too_large = [image_id for image_id, problem in bad if problem]
+    if too_large:
+        return DataError(f"{len(too_large)} image(s) in {manifest.directory} declare more than "
+                         f"{image_limits.DEFAULT_MAX_PIXELS:,} pixels and were not decoded: {_listed(too_large)}")
     if bad:
-        shown = ", ".join(image_id.decode() for image_id in bad[:10]) + (" ..." if len(bad) > 10 else "")
-        return DataError(f"{len(bad)} image(s) in {manifest.directory} do not decode: {shown}")
+        return DataError(f"{len(bad)} image(s) in {manifest.directory} do not decode: "
+                         f"{_listed([image_id for image_id, _ in bad])}")
     return DataError(f"reading {manifest.directory} failed: {reason(error)}")
 
 
@@ -230,18 +235,25 @@ def _shard_problem(path, num_classes):
     return None
 
 
+def _listed(image_ids):
+    return ", ".join(image_id.decode() for image_id in image_ids[:10]) + (" ..." if len(image_ids) > 10 else "")
+
+
 def _undecodable_images(manifest):
-    """The image/ids whose bytes do not decode: those an error-skipping decode pass does not return."""
+    """[(image/id, why it is too large or None)] of the images that do not decode: those an error-skipping decode
+    pass does not return; the size their headers declare is read again for each."""
     spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string), "image/id": tf.io.FixedLenFeature([], tf.string)}
 
-    def decode(serialized):
+    def decode_example(serialized):
         example = tf.io.parse_single_example(serialized, spec)
-        image = tf.io.decode_image(example["image/encoded"], channels=3, expand_animations=False)
-        return example["image/id"], tf.shape(image)
+        return example["image/id"], tf.shape(decode(example["image/encoded"]))  # the size checked first
 
     records_ = tf.data.TFRecordDataset(manifest.shard_paths)
-    every = [example_id for example_id in records_.map(lambda s: tf.io.parse_single_example(s, spec)["image/id"])
-             .as_numpy_iterator()]
-    decoded = {image_id for image_id, _ in records_.map(decode, num_parallel_calls=AUTOTUNE).ignore_errors()
+    decoded = {image_id for image_id, _ in records_.map(decode_example, num_parallel_calls=AUTOTUNE).ignore_errors()
                .as_numpy_iterator()}
-    return [image_id for image_id in every if image_id not in decoded]
+    bad = []
+    for example in records_.map(lambda s: tf.io.parse_single_example(s, spec)).as_numpy_iterator():
+        if example["image/id"] not in decoded:
+            bad.append((example["image/id"],
+                        image_limits.problem(example["image/encoded"], image_limits.DEFAULT_MAX_PIXELS)))
+    return bad

@@ -50,7 +50,7 @@ def predict_files(saved_model_dir, paths, top_k=None, max_pixels=image_limits.DE
         try:
             row = serve(image_bytes=tf.constant([data]))["probabilities"].numpy()[0]
         except tf.errors.InvalidArgumentError:
-            yield path, None, "is not a decodable JPEG/PNG/GIF/BMP image"
+            yield path, None, f"is not a decodable {image_limits.FORMATS} image"
             continue
         ranked = sorted(zip(names, row.tolist()), key=lambda pair: -pair[1])
         yield path, (ranked[:top_k] if top_k else [pair for pair in ranked if pair[1] >= threshold]), None

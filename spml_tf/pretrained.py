@@ -32,7 +32,7 @@ def load_resnet50(backbone, weights, log=print):
         return
     path = imagenet_resnet50(log) if weights == "imagenet" else weights
     if path.endswith(".pth"):
-        backbone.set_weights(torch_weights.backbone_arrays(backbone, torch_weights.read_state_dict(path), path))
+        backbone.set_weights(torch_weights.read_backbone_arrays(backbone, path))
         return
     try:
         with warnings.catch_warnings():
@@ -66,7 +66,7 @@ def imagenet_resnet50(log=print):
         log(f"Fetching torchvision's ImageNet weights for ResNet-50 into {directory} (once)")
         source = download.fetch(TORCHVISION_RESNET50, directory, log=log)
         backbone = resnet.resnet50(224)  # the weights do not depend on the input size
-        backbone.set_weights(torch_weights.backbone_arrays(backbone, torch_weights.read_state_dict(source), source))
+        backbone.set_weights(torch_weights.read_backbone_arrays(backbone, source))
         partial = converted.replace(".weights.h5", "-partial.weights.h5")
         backbone.save_weights(partial)
         os.replace(partial, converted)

@@ -3,6 +3,8 @@
 import numpy as np
 import keras
 
+from spml_tf import schema
+
 
 # A pseudo-negative stores -p. If p underflowed to exactly 0, -0.0 == 0 would
 # read as "unannotated" again; storing at least this keeps it marked, and
@@ -77,6 +79,18 @@ class APLCallback(keras.callbacks.Callback):
 
     def get_state(self):
         return {"rounds": self.rounds, "initial_unannotated": self.initial_unannotated.tolist()}
+
+    def state_schema(self, epochs_done):
+        """A round per epoch from the warm-up on (at most one per epoch done), and a count per class."""
+        num_examples, num_classes = self.bank.shape
+        entries = schema.Integer(0, num_examples * num_classes)
+        percent = schema.Number(0, 100)
+        record = schema.Record({"epoch": schema.Integer(self.warmup_epochs, max(epochs_done, self.warmup_epochs)),
+                                "new_pseudo_negatives": entries, "total_pseudo_negatives": entries},
+                               optional={"precision": percent, "total_precision": percent})
+        return schema.Record({"rounds": schema.ListOf(record, max_length=epochs_done),
+                              "initial_unannotated": schema.ListOf(schema.Integer(0, num_examples),
+                                                                   length=num_classes)})
 
     def results(self):
         """What results.json reports of APL: every round (new and total pseudo-negatives, their precision)."""

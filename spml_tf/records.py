@@ -141,6 +141,11 @@ def parse_manifest(directory, convert_hint=""):
     return manifest
 
 
+def shard_name(split, index, count):
+    """The file of shard `index` of `count` in a split (what the converter writes and the manifest lists)."""
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
 def is_plain_name(name):
     """A file name that stays in its directory: no separator, not '.' or '..'."""
     return isinstance(name, str) and os.path.basename(name) == name and name not in ("", ".", "..")
@@ -156,9 +161,18 @@ def read_manifest(directory, convert_hint=""):
     if len(manifest.class_names) != manifest.num_classes:
         raise DataError(f"{path}: {len(manifest.class_names)} class names for num_classes={manifest.num_classes}.{hint}")
     for shard in shards:
-        shard_path = os.path.join(directory, shard.file)
         if not is_plain_name(shard.file):
             raise DataError(f"{path}: shard name {shard.file!r} must be a plain file name inside the split directory")
+    expected = [shard_name(manifest.split, k, len(shards)) for k in range(len(shards))]
+    if [shard.file for shard in shards] != expected:
+        # The converter names shard k of n `<split>-k-of-n`: a manifest whose list lost a shard (and lowered
+        # num_examples to match) is caught here, not trained on in silence.
+        listed = ", ".join(repr(shard.file) for shard in shards[:3]) + (", ..." if len(shards) > 3 else "")
+        raise DataError(f"{path} lists the shards {listed}, not the converter's {len(shards)} shards "
+                        f"{expected[0] if expected else '(none)'} .. {expected[-1] if expected else ''}: "
+                        f"a shard is missing from it or it was edited.{hint}")
+    for shard in shards:
+        shard_path = os.path.join(directory, shard.file)
         if not tf.io.gfile.exists(shard_path):
             raise DataError(f"{shard_path} is listed in {path} but missing.{hint}")
         if tf.io.gfile.stat(shard_path).length != shard.num_bytes:

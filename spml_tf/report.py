@@ -15,38 +15,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags
 
 from spml_tf import cli, metrics, run_dir
-from spml_tf.errors import DataError, UsageError
+from spml_tf import results as results_lib
+from spml_tf.errors import UsageError, reason
 
-TRAINING = "training.png"
-APL = "apl.png"
-PER_CLASS = "per_class_ap.png"
+TRAINING, APL, PER_CLASS = run_dir.CHARTS  # names the run directory's check knows as a run's own
 
 
 def render(model_dir, out_dir=None):
     """Writes the charts of the run in `model_dir`; returns the paths written."""
     import tensorflow as tf
 
-    from spml_tf import files
-
-    results_path = files.join(model_dir, run_dir.RESULTS)
-    if not tf.io.gfile.exists(results_path):
-        raise UsageError(f"{results_path} not found: --model_dir must be the directory of a finished training run")
-    try:
-        results = files.read_json(results_path)
-        history = results["history"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{results_path} is damaged ({error})") from None
+    results = results_lib.read(model_dir)
     pyplot = _pyplot()
     out_dir = out_dir or model_dir
-    tf.io.gfile.makedirs(out_dir)
-    written = [_save(pyplot, _training_figure(pyplot, history, results.get("best_epoch")), out_dir, TRAINING)]
-    rounds = results.get("apl_rounds") or []
-    if rounds:
-        written.append(_save(pyplot, _apl_figure(pyplot, rounds), out_dir, APL))
-    per_class = results.get("per_class_ap") or {}
-    split = "test" if per_class.get("test") else "val"
-    if per_class.get(split):
-        written.append(_save(pyplot, _per_class_figure(pyplot, per_class[split], split), out_dir, PER_CLASS))
+    try:
+        tf.io.gfile.makedirs(out_dir)
+        written = [_save(pyplot, _training_figure(pyplot, results["history"], results["best_epoch"]), out_dir,
+                         TRAINING)]
+        rounds = results.get("apl_rounds") or []
+        if rounds:
+            written.append(_save(pyplot, _apl_figure(pyplot, rounds), out_dir, APL))
+        per_class = results["per_class_ap"]
+        split = "test" if per_class.get("test") else "val"
+        if per_class.get(split):
+            written.append(_save(pyplot, _per_class_figure(pyplot, per_class[split], split), out_dir, PER_CLASS))
+    except (tf.errors.OpError, OSError) as error:  # read-only, not a directory, no permission, disk full
+        raise UsageError(f"cannot write the charts into {out_dir} ({reason(error)}); pass --out_dir=<a directory "
+                         "you can write>") from None
+    finally:
+        pyplot.close("all")
     return written
 
 
@@ -112,12 +109,16 @@ def _apl_figure(pyplot, rounds):
     return figure
 
 
+MAX_BARS = 60  # a chart of more classes is unreadable (and 100,000 bars take minutes and gigabytes)
+
+
 def _per_class_figure(pyplot, per_class_ap, split):
-    ranked = metrics.worst_classes(per_class_ap)
+    ranked = metrics.worst_classes(per_class_ap, MAX_BARS)
     figure, axes = pyplot.subplots(figsize=(7, max(2.5, 0.22 * len(ranked) + 1)))
     axes.barh([name for name, _ in ranked], [ap for _, ap in ranked])
     axes.invert_yaxis()  # worst at the top
-    axes.set(title=f"AP per class on {split} (%)", xlim=(0, 100))
+    shown = f", the {len(ranked)} lowest of {len(per_class_ap):,}" if len(ranked) < len(per_class_ap) else ""
+    axes.set(title=f"AP per class on {split} (%){shown}", xlim=(0, 100))
     axes.grid(axis="x", alpha=0.3)
     return figure
 

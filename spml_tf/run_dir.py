@@ -1,8 +1,11 @@
 """A training run's directory: what it holds, and the lock that gives it to one run at a time.
 
-A run directory is ours when it is new, empty, or holds what a run writes
-(its lock file, results.json or checkpoint/). Anything else is a user's
-folder: training refuses it rather than writing over it.
+A run directory is ours when it is new, empty, or marked as a run's: the
+first run in it writes the file SPML_TF_RUN (as the digits build marks its
+own directory). A folder without the mark that holds anything is a user's,
+even one holding a results.json: training refuses it rather than write over
+it. (A run of an earlier version, which wrote no mark, is recognised by its
+lock file beside nothing but the names a run writes, and marked then.)
 
 The lock is an exclusive `flock` on `<model_dir>/.lock`, held for the whole
 run. The operating system drops it when the process ends in any way, a
@@ -28,8 +31,10 @@ CHECKPOINT = "checkpoint"
 TENSORBOARD = "tensorboard"
 WORKERS = "workers"  # model_dir/workers/<index>: the files of the other workers of a multi-worker run
 
-# Entries that only a run writes: a directory holding one of them was made by a run.
-_RUN_MARKS = (LOCK, RESULTS, CHECKPOINT)
+MARK = "SPML_TF_RUN"  # written into every run directory: what makes it ours
+CHARTS = ("training.png", "apl.png", "per_class_ap.png")  # what spml-report draws beside results.json
+# Every name a run (and spml-report) writes at the top of its directory.
+_LAYOUT = (MARK, LOCK, RESULTS, MODEL_FILE, BEST_WEIGHTS, LABEL_BANK, CHECKPOINT, TENSORBOARD, WORKERS) + CHARTS
 
 
 def of_worker(model_dir, placement):
@@ -41,17 +46,25 @@ def of_worker(model_dir, placement):
 
 
 def check(model_dir):
-    """UsageError unless `model_dir` may hold a run: new, empty, or a run's (a user's file or folder is refused)."""
+    """UsageError unless `model_dir` may hold a run: new, empty, or marked as a run's (a user's file or folder is
+    refused, whatever it holds)."""
     import tensorflow as tf
 
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
         raise UsageError(f"--model_dir={model_dir!r} is a file, not a directory: pass a directory for the run")
     if tf.io.gfile.isdir(model_dir):
-        foreign = [name.rstrip("/") for name in tf.io.gfile.listdir(model_dir) if name.rstrip("/") != WORKERS]
-        if foreign and not any(mark in foreign for mark in _RUN_MARKS):
-            shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
+        entries = [name.rstrip("/") for name in tf.io.gfile.listdir(model_dir) if name.rstrip("/") != WORKERS]
+        earlier_version = LOCK in entries and all(_is_layout(name) for name in entries)
+        if entries and MARK not in entries and not earlier_version:
+            shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
             raise UsageError(f"--model_dir={model_dir!r} holds files that no training run wrote ({shown}); "
                              "pass a new or empty directory, nothing in it is touched")
+
+
+def _is_layout(name):
+    """A name a run writes: one of the layout, or its temporary twin (files.temporary_path)."""
+    stem, dot, extensions = name.partition(".")
+    return name in _LAYOUT or (stem.endswith("-partial") and stem[: -len("-partial")] + dot + extensions in _LAYOUT)
 
 
 def claim(model_dir):
@@ -80,7 +93,12 @@ def claim(model_dir):
         os.makedirs(local, exist_ok=True)
         lock_path = os.path.join(local, hashlib.sha256(model_dir.encode()).hexdigest()[:24] + ".lock")
     try:
-        return file_lock.acquire(lock_path)
+        lock = file_lock.acquire(lock_path)
     except file_lock.Busy as busy:
         raise UsageError(f"{model_dir} is in use by another training run (pid {busy.pid}); wait for it to end, "
                          "or pass another --model_dir") from None
+    mark = files.join(model_dir, MARK)
+    if not tf.io.gfile.exists(mark):
+        files.write_text(mark, "A directory of spml-tf training runs: the trainer writes here only where it finds "
+                               "this file, or an empty directory.\n")
+    return lock

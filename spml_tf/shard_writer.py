@@ -328,7 +328,7 @@ def _make_plan(split, sizes, dropped, shard_size_mb, fingerprint):
         current_bytes += size
     if current or not groups:
         groups.append(current)
-    shards = [(f"{split.name}-{k:05d}-of-{len(groups):05d}.tfrecord", group) for k, group in enumerate(groups)]
+    shards = [(records.shard_name(split.name, k, len(groups)), group) for k, group in enumerate(groups)]
     return {"fingerprint": fingerprint, "sizes": [int(s) for s in sizes], "dropped": dropped, "shards": shards}
 
 

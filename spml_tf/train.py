@@ -71,7 +71,7 @@ def _run(config, placement, model_dir, log, verbose, per_class):
         labels = {split: splits.labels(split) for split in ("train", "val", "test") if getattr(splits, split)}
         # A run killed earlier in this model_dir continues from its last complete epoch.
         resumed = checkpoint.latest(model_dir)
-        run_identity = checkpoint.identity(config, splits.class_names)
+        run_identity = checkpoint.identity(config, splits.class_names, splits.train)
         if resumed:
             resumed.check_matches(run_identity)
         first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
@@ -79,13 +79,13 @@ def _run(config, placement, model_dir, log, verbose, per_class):
         data = make_datasets(config, splits, loss, first_epoch, placement)
         log(_describe(config, splits, placement))
         trainer = build_trainer(config, splits, labels["train"], loss, placement, log)
-        if resumed:
+        callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
+                                            resumed, log, verbose)
+        if resumed:  # every part of the checkpoint was checked (make_callbacks: the callbacks' states) before this
             with placement.strategy.scope():
                 resumed.restore_model(trainer.training_model, trainer.bank)
             log(f"Resuming {model_dir} after epoch {resumed.epoch}"
                 + (" (early stopping had ended it)" if resumed.finished else ""))
-        callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
-                                            resumed, log, verbose)
         fit(trainer, data, callbacks, config, first_epoch, splits, verbose)
         results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
         save_run(model_dir, trainer, results)
@@ -187,6 +187,8 @@ def make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_i
         callbacks.append(keras.callbacks.ProgbarLogger())
     callbacks.append(summary)
     stateful = {callback.state_key: callback for callback in callbacks if hasattr(callback, "state_key")}
+    if resumed:
+        resumed.check_callbacks(stateful, trainer.training_model)  # before anything is restored
     callbacks.append(checkpoint.Checkpointing(model_dir, trainer.bank, run_identity, stateful, resumed))
     return callbacks, summary
 
@@ -253,6 +255,7 @@ def save_run(model_dir, trainer, results):
         try:
             files.replace(path, save)
         except (OSError, tf.errors.OpError) as error:
+            files.release_failed_write(error)
             raise TrainingError(f"training finished but {path} could not be written ({reason(error)}); the last "
                                 "epoch's checkpoint is kept: free space and run the same command, which writes the "
                                 "files without training again") from None

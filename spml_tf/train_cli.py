@@ -107,6 +107,8 @@ def config_from_flags():
 def run():
     config = config_from_flags()
     export.check_threshold(FLAGS.serving_threshold)
+    if FLAGS.export_dir:
+        export.check_export_dir(FLAGS.export_dir)
     from spml_tf import train  # imports TensorFlow: after the flags are known to be good
 
     results = train.train_and_evaluate(config, per_class=FLAGS.per_class)

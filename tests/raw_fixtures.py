@@ -6,6 +6,7 @@ formatted .npy, a user's CSVs) and returns what a correct reader must find,
 stated directly from how the files were made, not from the code under test.
 """
 
+import dataclasses
 import json
 import os
 import struct
@@ -216,6 +217,10 @@ def write_split(directory, *, dataset, split, class_names, examples, full_labels
             writer = None
     if writer is not None:
         finish_shard()
+    for k, shard in enumerate(shards):  # the converter's names, `<split>-k-of-n`, once n is known
+        final = records.shard_name(split, k, len(shards))
+        tf.io.gfile.rename(os.path.join(directory, shard.file), os.path.join(directory, final), overwrite=True)
+        shards[k] = dataclasses.replace(shard, file=final)
     manifest = records.Manifest(
         dataset=dataset, split=split, num_examples=index, num_classes=len(class_names),
         class_names=tuple(class_names), shards=tuple(shards), full_labels_known=full_labels_known,

@@ -40,6 +40,8 @@ def _error_lines(stderr):
     (["stray_argument"], "unexpected arguments"),
     (["--serving_threshold=1.5"], "--serving_threshold=1.5 must be in (0, 1)"),
     (["--dataset=custom", "--weights=none"], "--dataset=custom needs --data_dir"),
+    (["--alpha=inf"], "--alpha=inf must be finite"),
+    (["--export_dir=train_main.py/serving"], "train_main.py is a file, so no SavedModel can be written there"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, expected):
     result = run(*args)

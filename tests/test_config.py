@@ -55,3 +55,23 @@ def test_unknown_dataset_and_field():
         config_lib.from_overrides("imagenet")
     with pytest.raises(UsageError, match="unknown config fields: colour"):
         config_lib.from_overrides("digits", colour="red")
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("alpha", INF, "inf"), ("alpha", NAN, "nan"), ("beta", INF, "inf"), ("learning_rate", INF, "inf"),
+    ("worker_timeout", INF, "inf"), ("worker_timeout", NAN, "nan"), ("momentum", NAN, "nan"),
+    ("boostlu_alpha", INF, "inf"), ("expected_num_pos", INF, "inf"), ("head_lr_mult", INF, "inf"),
+    ("weight_decay", INF, "inf"), ("max_map_drop", INF, "inf"), ("ll_delta", NAN, "nan"), ("epochs", INF, "inf"),
+    ("gr_w", (NAN, 2.0), "nan,2.0"), ("gr_b", (-2.0, -INF), "-2.0,-inf"), ("gr_mu", (0.5, INF), "0.5,inf"),
+    ("gr_sigma", (2.0, NAN), "2.0,nan"), ("gr_q", (0.01, INF), "0.01,inf"),
+])
+def test_every_number_must_be_finite(field, value, shown):
+    with pytest.raises(UsageError, match=f"^--{field}={shown} must be finite, not inf or nan$"):
+        config_lib.from_overrides("digits", **{field: value})
+
+
+def test_a_large_integer_is_not_mistaken_for_infinity():
+    assert config_lib.from_overrides("digits", seed=10**400).seed == 10**400

@@ -180,3 +180,14 @@ def test_a_build_by_another_process_is_waited_for_then_given_up_on(tmp_path, mon
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_data_dir_that_cannot_be_created_is_one_line(tmp_path):
+    """Found under Bazel's sandbox, whose home is read-only: a bare OSError traceback before."""
+    from spml_tf.datasets import digits
+    from spml_tf.errors import UsageError
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UsageError, match=r"cannot build the digits dataset in .*afile/digits \(Not a directory\): "
+                                         "pass --data_dir="):
+        digits.ensure(str(tmp_path / "afile" / "digits"))

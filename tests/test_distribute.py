@@ -255,3 +255,38 @@ def test_a_worker_killed_mid_training_stops_the_other_with_an_error(tiny_digits_
         for worker in workers:
             worker.process.kill()
             worker.process.wait()
+
+
+@pytest.mark.parametrize("workers, index, message", [
+    (["localhost:12345", "localhost:99999"], 0, "worker address 'localhost:99999' is not host:port"),
+    (["localhost:12345", "localhost:http"], 0, "worker address 'localhost:http' is not host:port"),
+    (["localhost"], 0, "worker address 'localhost' is not host:port"),
+    ([":12345"], 0, "worker address ':12345' is not host:port"),
+    (["localhost:0"], 0, "worker address 'localhost:0' is not host:port"),
+    (["localhost:12345"], -1, r"task index -1 is not one of the 1 worker\(s\) of its cluster \(0 to 0\)"),
+    (["localhost:12345", "localhost:12346"], 2, r"task index 2 is not one of the 2 worker\(s\) .*\(0 to 1\)"),
+])
+def test_a_bad_tf_config_address_or_index_is_one_usage_error_naming_it(monkeypatch, workers, index, message):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers},
+                                                "task": {"type": "worker", "index": index}}))
+    with pytest.raises(UsageError, match=f"^TF_CONFIG: {message}"):
+        distribute._worker_from_tf_config()
+
+
+@pytest.mark.parametrize("tf_config", ['{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
+                                       '{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}',
+                                       '{"cluster": {"worker": [1]}, "task": {"type": "worker", "index": 0}}',
+                                       '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "x"}}',
+                                       '[1]', 'not json'])
+def test_a_tf_config_that_is_no_worker_cluster_is_one_usage_error(monkeypatch, tf_config):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(UsageError, match="is not a worker cluster of host:port addresses"):
+        distribute._worker_from_tf_config()
+
+
+def test_a_good_tf_config_gives_the_index_and_addresses(monkeypatch):
+    workers = ["host1:12345", "[::1]:65535"]
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert distribute._worker_from_tf_config() == (1, tuple(workers))
+    assert distribute._host_port(workers[1]) == ("::1", 65535)

@@ -16,7 +16,7 @@ import tensorflow as tf
 import raw_fixtures
 from spml_tf import config as config_lib
 from spml_tf import classifier, datasets, export, pipeline, report, train
-from spml_tf.errors import DataError
+from spml_tf.errors import DataError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -267,3 +267,74 @@ def test_report_charts_a_finished_run(run_dir, tmp_path):
     # An `em` run: no APL rounds, so no APL chart.
     assert sorted(os.path.basename(path) for path in written) == sorted([report.TRAINING, report.PER_CLASS])
     assert all(open(path, "rb").read(4) == b"\x89PNG" for path in written)
+
+
+def _tiny_model():
+    """A model of the shape export wants (images -> one logit per class), built in no time."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
+
+
+def test_an_export_under_a_file_is_one_usage_error_naming_the_directory(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    base = str(tmp_path / "a_file" / "serving")
+    with pytest.raises(UsageError, match=rf"^--export_dir={re.escape(base)}: cannot write the SavedModel there "
+                                         r"\(.*a_file is not a directory\)$"):
+        export.export_saved_model(_tiny_model(), ["a", "b"], 8, base)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_an_export_into_a_read_only_directory_is_one_usage_error_naming_it(tmp_path):
+    base = tmp_path / "serving"
+    base.mkdir(mode=0o500)
+    try:
+        with pytest.raises(UsageError, match=rf"^--export_dir={re.escape(str(base))}: cannot write the SavedModel "
+                                             r"there \(.*Permission denied\)$"):
+            export.export_saved_model(_tiny_model(), ["a", "b"], 8, str(base))
+    finally:
+        base.chmod(0o700)
+
+
+def test_the_export_command_says_in_one_line_that_it_cannot_write(tmp_path):
+    _tiny_model().save(str(tmp_path / "model.keras"))
+    results = {"config": {"image_size": 8, "threshold": 0.75, "loss": "em", "val_set_variant": "clean"},
+               "class_names": ["a", "b"], "history": [{"epoch": 1, "val_map": 50.0}], "best_epoch": 1,
+               "val": {"map": 50.0}, "test": None, "per_class_ap": {"val": {"a": 50.0, "b": 50.0}, "test": None}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "a_file").write_text("not a directory")
+    result = subprocess.run([sys.executable, "-m", "spml_tf.export", f"--model_dir={tmp_path}",
+                             f"--export_dir={tmp_path / 'a_file' / 'serving'}"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("export: error:")]
+    assert len(lines) == 1 and "cannot write the SavedModel there" in lines[0] and "a_file" in lines[0], lines
+
+
+@pytest.mark.parametrize("edit, detail", [
+    (lambda r: r["config"].pop("threshold"), "results.config: no 'threshold'"),
+    (lambda r: r["config"].update(image_size="big"), "results.config.image_size: 'big' is not a whole number"),
+    (lambda r: r.update(class_names=[f"c{k}" for k in range(50)]),
+     "are of different runs (the model takes 24 px images to 10 classes, the results name 50 classes at 24 px)"),
+])
+def test_classifier_from_run_refuses_results_that_do_not_fit_in_one_line(run_dir, tmp_path, edit, detail):
+    """Issue 21: KeyError, ValueError, and 50 class names for 10 outputs loaded in silence."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    results = json.load(open(copy / "results.json"))
+    edit(results)
+    json.dump(results, open(copy / "results.json", "w"))
+    with pytest.raises(DataError) as error:
+        classifier.Classifier.from_run(str(copy))
+    assert detail in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_an_export_appears_whole_and_a_killed_ones_leftover_is_replaced(run_dir, tmp_path):
+    """The SavedModel is written under `.partial-<version>`, which TF Serving ignores, then renamed."""
+    base = tmp_path / "serving"
+    (base / ".partial-1").mkdir(parents=True)
+    (base / ".partial-1" / "half_written").write_text("")  # an export killed mid-write
+    version_dir = export.export_run(run_dir, str(base))
+    assert version_dir == str(base / "1") and os.listdir(base) == ["1"]
+    assert os.path.isfile(base / "1" / "saved_model.pb")

@@ -79,3 +79,19 @@ def test_missing_shard_and_escaping_name_are_refused(tmp_path):
     json.dump(stored, open(tmp_path / "manifest.json", "w"))
     with pytest.raises(DataError, match="plain file name"):
         records.read_manifest(str(tmp_path))
+
+
+def test_a_manifest_that_dropped_a_shard_and_lowered_its_count_is_refused(tmp_path):
+    """Issue 21: the last shard left out of the list and num_examples lowered to match would train on fewer
+    images in silence; the shards' names number them, k of n."""
+    manifest = raw_fixtures.write_split(str(tmp_path), dataset="toy", split="test", class_names=CLASSES,
+                                        examples=_examples(40), shard_size_mb=0.0005)
+    assert len(manifest.shards) >= 3
+    records.read_manifest(str(tmp_path))
+    stored = json.load(open(tmp_path / "manifest.json"))
+    dropped = stored["shards"].pop()
+    stored["num_examples"] -= dropped["num_examples"]
+    json.dump(stored, open(tmp_path / "manifest.json", "w"))
+    with pytest.raises(DataError, match=rf"lists the shards .*, not the converter's {len(manifest.shards) - 1} "
+                                        "shards .*: a shard is missing from it or it was edited"):
+        records.read_manifest(str(tmp_path))

@@ -51,14 +51,37 @@ def test_a_file_or_a_users_folder_is_refused_untouched(tmp_path):
     assert os.listdir(folder) == ["paper.pdf"]
 
 
-def test_new_empty_and_earlier_run_directories_are_accepted(tmp_path):
+def test_new_empty_marked_and_earlier_run_directories_are_accepted_and_marked(tmp_path):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "earlier").mkdir()
-    (tmp_path / "earlier" / run_dir.RESULTS).write_text("{}")  # a run from before the lock file existed
+    (tmp_path / "marked").mkdir()
+    (tmp_path / "marked" / run_dir.MARK).write_text("")
+    (tmp_path / "marked" / "notes.txt").write_text("mine")  # a user's note in a run's directory: never touched
+    (tmp_path / "earlier").mkdir()  # a run of a version that wrote no mark: its lock beside a run's names only
+    for name in (run_dir.LOCK, run_dir.RESULTS, "results-partial.json", run_dir.CHECKPOINT):
+        (tmp_path / "earlier" / name).write_text("")
     (tmp_path / "chief").mkdir()
     (tmp_path / "chief" / run_dir.WORKERS).mkdir()  # another worker of a multi-worker run got there first
-    for name in ("new", "empty", "earlier", "chief"):
+    for name in ("new", "empty", "marked", "earlier", "chief"):
         run_dir.claim(str(tmp_path / name)).release()
+        assert (tmp_path / name / run_dir.MARK).is_file()
+    assert (tmp_path / "marked" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("names", [
+    [run_dir.RESULTS],  # a user's own results.json: the data-loss finding of issue 21
+    [run_dir.RESULTS, "figures", "paper.tex"],
+    [run_dir.LOCK, run_dir.RESULTS, "paper.tex"],  # a lock beside a user's files is no mark
+    [run_dir.CHECKPOINT],
+])
+def test_a_folder_without_the_mark_holding_anything_is_a_users(tmp_path, names):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text("mine")
+    with pytest.raises(UsageError, match="holds files that no training run wrote"):
+        run_dir.claim(str(folder))
+    assert sorted(os.listdir(folder)) == sorted(names)
+    assert all((folder / name).read_text() == "mine" for name in names)
 
 
 @pytest.mark.slow

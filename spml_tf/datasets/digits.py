@@ -134,8 +134,12 @@ def ensure(directory, observed_negatives=0, log=print):
     if _read_version(directory) == _version(observed_negatives) and _is_own(directory):
         return
     _check_own(directory)
-    os.makedirs(directory, exist_ok=True)
-    _take(directory)  # before the lock file: the directory is never unmarked with something of ours in it
+    try:
+        os.makedirs(directory, exist_ok=True)
+        _take(directory)  # before the lock file: the directory is never unmarked with something of ours in it
+    except OSError as error:
+        raise UsageError(f"cannot build the digits dataset in {directory} ({error.strerror}): pass --data_dir=<a "
+                         "directory you can write>, or set SPML_TF_DATA") from None
 
     def wait(pid):
         log(f"Waiting for process {pid}, which is building the digits dataset in {directory} ...")
