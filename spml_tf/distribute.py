@@ -1,9 +1,10 @@
 """Which devices train: one, every local GPU (MirroredStrategy), or several machines (MultiWorkerMirroredStrategy).
 
 `--batch_size` is the GLOBAL batch: each step, every replica takes an equal
-slice of it. Keras divides each replica's loss by the global batch, so N
-replicas compute the step one device computes on the same global batch
-(tests/test_distribute.py checks it to 1e-5 for `an`, `em` and `em_apl`).
+slice of it (of an epoch's partial last batch, the share TensorFlow gives it,
+maybe none). Each replica's loss is its sum over the global batch's size
+(losses.global_mean), so N replicas compute the step one device computes on the
+same global batch (tests/test_distribute.py checks every loss, on uneven splits too).
 """
 
 import dataclasses

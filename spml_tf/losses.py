@@ -13,10 +13,14 @@ APL negative pseudo-label whose soft target is s (0 <= s < 1). Only with
 which every loss treats as a known negative, -log(1 - p).
 
 Every `call()` returns the mean over classes of the per-entry terms, one value
-per example; Keras's default `sum_over_batch_size` reduction then averages over
-the batch, which equals the original's sum / (batch * C). Returning per-example
-values (not a scalar) is what lets Keras scale the loss correctly across
-replicas under a distribution strategy. All logs are taken in logit space,
+per example; the loss of a step is their sum over the GLOBAL batch divided by
+its size (`global_mean`), which equals the original's sum / (batch * C), on one
+device and on any number of replicas and workers, also when the last batch of
+an epoch splits unevenly over them (6 + 5, or 1 + 0: a replica may get no
+example). Keras's own reduction divides each replica's sum by that replica's
+batch, which is the global mean only when the split is even. A batch-level
+regulariser (EPR, ROLE) is computed from the global batch's statistics too.
+All logs are taken in logit space,
 log p = log_sigmoid(x) and log(1 - p) = log_sigmoid(-x): the exact formula,
 finite for any logit, where the original code writes -log(p + 1e-5).
 """
@@ -32,6 +36,35 @@ from spml_tf.errors import UsageError
 
 def _log_p(logits):
     return tf.math.log_sigmoid(logits)
+
+
+def _sum_over_replicas(value):
+    """`value` summed over every replica (and worker) of the step; itself on one device or outside a step. No
+    gradient flows through it (callers give their gradients explicitly)."""
+    value = tf.stop_gradient(value)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def global_mean(values):
+    """The loss of a step from this replica's per-example `values`: their sum divided by the size of the global
+    batch, so that the replicas' gradients, which the strategy sums, are the gradient of the global batch's mean.
+
+    Its value is what Keras's loss tracker expects of a replica (its own mean over the replicas: the tracker
+    weighs it by the replica's batch size), so the reported loss is the global mean too; only its gradient is
+    that of sum / global size. On one device both are the batch's mean.
+    """
+    values = tf.cast(tf.reshape(values, [-1]), tf.float32)
+    local_sum = tf.reduce_sum(values)
+    local_size = tf.cast(tf.size(values), tf.float32)
+    global_size = _sum_over_replicas(local_size)
+    context = tf.distribute.get_replica_context()
+    replicas = 1.0 if context is None else float(context.num_replicas_in_sync)
+    trained = tf.math.divide_no_nan(local_sum, global_size)
+    reported = tf.math.divide_no_nan(local_sum, local_size * replicas)
+    return trained + tf.stop_gradient(reported - trained)
 
 
 def _log_not_p(logits):
@@ -51,6 +84,13 @@ class SPMLLoss(keras.losses.Loss):
 
     def __init__(self, name, **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """The loss of a step: `global_mean` of the per-example values (Keras's reduction when given sample
+        weights or another reduction)."""
+        if sample_weight is not None or self.reduction != "sum_over_batch_size":
+            return super().__call__(y_true, y_pred, sample_weight)
+        return global_mean(self.call(y_true, y_pred))
 
     @classmethod
     def check_config(cls, config):
@@ -95,7 +135,7 @@ class SPMLLoss(keras.losses.Loss):
         return -_log_not_p(logits)
 
     def regularizer(self, labels, logits):
-        """A batch-level term added to every example's value (so the batch mean carries it once)."""
+        """A batch-level term added to every example's value (so the global batch mean carries it once)."""
         return 0.0
 
 
@@ -156,18 +196,28 @@ class WeakAssumeNegative(SPMLLoss):
 
 
 def expected_positive_penalty(logits, expected_num_pos):
-    """EPR's regulariser: (mean over the batch of sum_c p - k)^2 / C^2."""
+    """EPR's regulariser, (mean over the global batch of sum_c p - k)^2 / C^2, as a value per example whose
+    global_mean is the penalty, with the penalty's gradient.
+
+    Each example's value is the penalty M's square term itself, plus 2 (M - k) / C^2 times its own sum_c p with
+    the value of that product taken out: summed over the global batch of N and divided by N, the value is the
+    penalty and the gradient 2 (M - k) / C^2 * dM, exactly. M comes from every replica's sums, so each replica's
+    share of the batch pulls on the global count.
+    """
     num_classes = tf.cast(tf.shape(logits)[-1], tf.float32)
-    mean_positives = tf.reduce_mean(tf.reduce_sum(tf.sigmoid(logits), axis=-1))
-    return tf.square(mean_positives - expected_num_pos) / tf.square(num_classes)
+    positives = tf.reduce_sum(tf.sigmoid(logits), axis=-1)  # [B]: sum_c p of each example
+    count = _sum_over_replicas(tf.cast(tf.size(positives), tf.float32))
+    mean_positives = tf.math.divide_no_nan(_sum_over_replicas(tf.reduce_sum(positives)), count)
+    penalty = tf.square(mean_positives - expected_num_pos) / tf.square(num_classes)
+    slope = 2.0 * (mean_positives - expected_num_pos) / tf.square(num_classes)
+    return penalty + slope * (positives - tf.stop_gradient(positives))
 
 
 class ExpectedPositiveRegularization(SPMLLoss):
     """EPR: -log p on positives only, plus a penalty pulling the predicted positive count to k.
 
-    The penalty is a function of the whole batch; it is added to every
-    example's value, so Keras's batch mean adds it exactly once. (Under a
-    distribution strategy each replica computes it on its own share.)
+    The penalty is a function of the whole global batch; it is added to every
+    example's value, so the batch mean adds it exactly once (expected_positive_penalty).
     """
 
     key = "epr"
@@ -601,4 +651,4 @@ class LabelBankLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels = self.bank.lookup(y_true)
-        return self.loss.call_on_bank(labels, y_pred, y_true)
+        return global_mean(self.loss.call_on_bank(labels, y_pred, y_true))

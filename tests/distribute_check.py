@@ -5,6 +5,12 @@ starts: tests/test_distribute.py runs this file in a subprocess and reads the JS
     python tests/distribute_check.py resnet_step     the same for ResNet-50 with (synchronised) BatchNorm
     python tests/distribute_check.py train DATA DIR  a short em_apl training under MirroredStrategy
     python tests/distribute_check.py uneven_batch    the global batch must split over the replicas
+    python tests/distribute_check.py uneven N        every loss: an epoch of N examples in global batches of 12
+                                                     whose last one splits unevenly, mirrored == one device
+    python tests/distribute_check.py epoch N         every loss's weights after that epoch on this process's
+                                                     strategy (multi_worker from TF_CONFIG, else one device)
+
+SPML_CHECK_DEVICES (default 2) is the number of logical CPU devices.
 """
 
 import json
@@ -18,7 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * int(os.environ.get("SPML_CHECK_DEVICES", "2")))
 
 import keras  # noqa: E402
 
@@ -132,6 +139,61 @@ def train(data_dir, model_dir):
             "history": results["history"]}
 
 
+UNEVEN_BATCH = 12
+
+
+def _epoch(strategy, loss_name, num_examples):
+    """(reported loss, weights) after one epoch of `num_examples` in global batches of UNEVEN_BATCH, for any loss
+    of the registry with its digits hyper-parameters (ROLE with its label estimator, reading the index)."""
+    from spml_tf import config as config_lib, models
+
+    config = config_lib.from_overrides("digits", loss=loss_name, ll_delta=10.0)
+    rng = np.random.RandomState(1)
+    images = rng.rand(num_examples, 4, 4, 3).astype(np.float32)
+    observed = np.zeros((num_examples, C), np.float32)
+    if "apl" in loss_name:
+        observed[rng.rand(num_examples, C) < 0.25] = -0.3
+    observed[np.arange(num_examples), rng.randint(C, size=num_examples)] = 1.0
+    keras.utils.set_random_seed(0)
+    loss = losses.for_config(config)
+    if hasattr(loss, "set_epoch"):
+        loss.set_epoch(3, 10)  # LL's k and GR's schedule of a later epoch
+    with strategy.scope():
+        classifier = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                                       keras.layers.Dense(C, name="logits")])
+        bank = LabelBank(observed)
+        loss.attach(bank)
+        model = loss.training_model(classifier, observed, config.seed)
+        model.compile(optimizer=optimizers.TorchAdam(0.01, head_lr_mult=10.0), loss=losses.LabelBankLoss(loss, bank))
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(num_examples))).batch(UNEVEN_BATCH)
+    if loss.needs_example_index():
+        dataset = dataset.map(lambda image, index: ((image, index), index))
+    history = model.fit(dataset, epochs=1, verbose=0)
+    return history.history["loss"][0], model.get_weights()
+
+
+def uneven(num_examples):
+    strategy = distribute.make_strategy("mirrored", UNEVEN_BATCH).strategy
+    out = {"replicas": strategy.num_replicas_in_sync}
+    for name in losses.LOSSES:
+        loss_one, weights_one = _epoch(tf.distribute.get_strategy(), name, num_examples)
+        loss_mirrored, weights_mirrored = _epoch(strategy, name, num_examples)
+        out[name] = {"loss_one_device": loss_one, "loss_mirrored": loss_mirrored,
+                     "max_weight_difference": max(float(np.abs(a - b).max())
+                                                  for a, b in zip(weights_one, weights_mirrored))}
+    return out
+
+
+def epoch(num_examples):
+    name = "multi_worker" if "TF_CONFIG" in os.environ else "one_device"
+    strategy = distribute.make_strategy(name, UNEVEN_BATCH).strategy
+    out = {"replicas": strategy.num_replicas_in_sync}
+    for loss_name in losses.LOSSES:
+        loss, weights = _epoch(strategy, loss_name, num_examples)
+        out[loss_name] = {"loss": loss, "weights": [w.tolist() for w in weights]}
+    return out
+
+
 def uneven_batch():
     try:
         distribute.make_strategy("mirrored", 7)
@@ -143,5 +205,6 @@ def uneven_batch():
 if __name__ == "__main__":
     mode = sys.argv[1]
     result = {"step": step, "resnet_step": resnet_step, "uneven_batch": uneven_batch,
+              "uneven": lambda: uneven(int(sys.argv[2])), "epoch": lambda: epoch(int(sys.argv[2])),
               "train": lambda: train(sys.argv[2], sys.argv[3])}[mode]()
     print(json.dumps(result))

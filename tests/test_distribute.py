@@ -13,16 +13,17 @@ import h5py
 import numpy as np
 import pytest
 
-from spml_tf import config as config_lib, distribute, multi_worker_compat, run_dir, train
+from spml_tf import config as config_lib, distribute, losses, multi_worker_compat, run_dir, train
 from spml_tf.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def check(*args):
-    """Runs tests/distribute_check.py (the CPU split in two) and returns the JSON it prints."""
+def check(*args, devices=2):
+    """Runs tests/distribute_check.py (the CPU split in `devices`) and returns the JSON it prints."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "distribute_check.py"), *args],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+                            capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "SPML_CHECK_DEVICES": str(devices)})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -50,6 +51,23 @@ def test_resnet50_batch_norm_takes_the_global_batchs_statistics():
     assert ours["max_moving_statistic_relative_difference"] < 1e-3
     assert control["loss_mirrored"] != pytest.approx(control["loss_one_device"], rel=1e-3)
     assert control["max_moving_statistic_relative_difference"] > 0.1
+
+
+@pytest.mark.parametrize("devices, num_examples, split", [
+    (2, 35, "6 + 5"), (2, 25, "1 + 0"), (3, 28, "2 + 2 + 0"),
+    pytest.param(3, 35, "4 + 4 + 3", marks=pytest.mark.slow),
+])
+def test_every_loss_on_replicas_equals_one_device_when_the_last_batch_splits_unevenly(devices, num_examples, split):
+    """Issue 22: an epoch of global batches of 12 whose last batch (num_examples % 12) TensorFlow splits over the
+    replicas as `split`; each replica's mean used to be averaged instead of the global batch's. The weights after
+    the epoch and the reported loss equal one device's, for every loss of the registry (LL's global ranking, ROLE's
+    estimator and both its regularisers, EPR's batch penalty included)."""
+    outcomes = check("uneven", str(num_examples), devices=devices)
+    assert outcomes.pop("replicas") == devices
+    assert set(outcomes) == set(losses.LOSSES)
+    for name, outcome in outcomes.items():
+        assert outcome["max_weight_difference"] < 1e-6, (name, outcome)
+        assert outcome["loss_mirrored"] == pytest.approx(outcome["loss_one_device"], abs=1e-6), (name, outcome)
 
 
 def test_the_global_batch_must_split_over_the_replicas():
@@ -145,6 +163,28 @@ def test_two_workers_train_to_identical_weights_and_label_banks(tiny_digits_dir,
     chief_results = json.load(open(chief / run_dir.RESULTS))
     assert chief_results["history"] == json.load(open(worker / run_dir.RESULTS))["history"]
     assert len(chief_results["apl_rounds"]) == 2
+
+
+@pytest.mark.slow
+def test_two_workers_equal_one_device_when_the_last_batch_splits_unevenly():
+    """Issue 22 under MultiWorkerMirroredStrategy: two processes of one replica each, an epoch of 35 examples in
+    global batches of 12 (the last splits 6 + 5 over the workers), every loss: both workers end with the weights
+    one device computes."""
+    script = [sys.executable, os.path.join(ROOT, "tests", "distribute_check.py"), "epoch", "35"]
+    env = {"SPML_CHECK_DEVICES": "1"}
+    one = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, **env})
+    assert one.returncode == 0, one.stderr[-3000:]
+    reference = json.loads(one.stdout.strip().splitlines()[-1])
+    assert reference.pop("replicas") == 1
+    for code, stdout, stderr in _workers(script, env):
+        assert code == 0, stderr[-3000:]
+        outcome = json.loads(stdout.strip().splitlines()[-1])
+        assert outcome.pop("replicas") == 2
+        for name, expected in reference.items():
+            difference = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                             for a, b in zip(expected["weights"], outcome[name]["weights"]))
+            assert difference < 1e-6, (name, difference)
+            assert outcome[name]["loss"] == pytest.approx(expected["loss"], abs=1e-6), name
 
 
 WITHOUT_PATCH = """

@@ -673,7 +673,7 @@ def test_label_bank_loss_gathers_labels_by_index(name, index_shape):
     value = float(wrapped(index, logits))
     np.testing.assert_allclose(value, float(inner(gathered, logits)), rtol=1e-6)
     np.testing.assert_allclose(value, numpy_loss(name, gathered, logits, **CASES[name]), rtol=1e-5)
-    assert wrapped.call(tf.constant(index), tf.constant(logits)).shape == (4,)
+    assert wrapped.call(tf.constant(index), tf.constant(logits)).shape == ()  # the step's global mean
 
 
 def test_label_bank_loss_sees_bank_updates():
@@ -720,3 +720,12 @@ def test_every_loss_declares_what_training_needs():
             assert kinds == ["EpochSchedule", "PermanentCorrections"]
         elif name not in ("em_apl", "gr_apl"):
             assert kinds == []
+
+
+def test_global_mean_on_one_device_is_the_batch_mean_and_zero_for_no_example():
+    """The loss of a step (losses.global_mean): sum / global batch size, which on one device is the mean; a
+    replica given no example of a partial last batch contributes 0, not nan (tests/test_distribute.py checks
+    the replicas' sum against one device)."""
+    values = np.array([0.5, -1.25, 3.0], np.float32)
+    np.testing.assert_allclose(float(losses.global_mean(tf.constant(values))), values.mean(), rtol=1e-7)
+    assert float(losses.global_mean(tf.zeros([0]))) == 0.0
