@@ -1,4 +1,7 @@
-"""Every command-line flag of train_main.py: defined in the package (spml_tf/train_cli.py), which the installed
-`spml-train` command shares; this module keeps `import flags` working in a clone."""
+"""Every command-line flag of train_main.py: defined in the package (spml_tf/train.py), which the installed
+`spml-train` command shares; importing this module defines them, as `import flags` did in a clone."""
 
-from spml_tf.train_cli import CONFIG_FLAGS, FLAGS, config_from_flags  # noqa: F401  (importing it defines the flags)
+from spml_tf import train as _train
+
+_train.define_flags()
+FLAGS, config_from_flags = _train.FLAGS, _train.config_from_flags

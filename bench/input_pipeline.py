@@ -101,7 +101,8 @@ def ours(manifest, image_size, batch_size, normalize=False):
     """(a), or (a') with `normalize`: our training pipeline, exactly as training builds it."""
     import tensorflow as tf
 
-    from spml_tf import pipeline, resnet
+    from spml_tf.data import pipeline
+    from spml_tf.nets import resnet
 
     # What the model's first layer (resnet.imagenet_normalization) computes, as constants a tf.data map can hold.
     mean = tf.constant([255.0 * m for m in resnet.IMAGENET_MEAN])
@@ -123,7 +124,7 @@ def bare_limit(jpegs, image_size, batch_size):
     """(c): decode, resize, flip and normalise the bytes in memory; nothing else."""
     import tensorflow as tf
 
-    from spml_tf import pipeline
+    from spml_tf.data import pipeline
 
     mean, std = tf.constant(IMAGENET_MEAN), tf.constant(IMAGENET_STD)
     # One tensor of every file's bytes, made once: copying 75 MB of Python bytes into it is no part of a pass.

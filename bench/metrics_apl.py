@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spml_tf import metrics, pseudo_label  # noqa: E402
+from spml_tf.methods import em as pseudo_label
+from spml_tf.training import metrics  # noqa: E402
 
 flags.DEFINE_integer("rows", 65665, "Examples (COCO 2014's training set: 65,665 after the 80/20 split).")
 flags.DEFINE_integer("classes", 80, "Classes (COCO: 80).")

@@ -29,7 +29,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spml_tf import config as config_lib  # noqa: E402
-from spml_tf import losses  # noqa: E402
+from spml_tf import methods as losses  # noqa: E402
 
 ALL_LOSSES = tuple(losses.LOSSES)
 DEFAULT_METHODS = ALL_LOSSES + ("ll_r+boostlu", "em_apl+boostlu")
@@ -48,7 +48,7 @@ def run_one(config):
     """Trains one config quietly; returns the numbers the table needs."""
     import keras
 
-    from spml_tf import train
+    from spml_tf.training import trainer as train
 
     keras.backend.clear_session()
     started = time.time()

@@ -45,7 +45,7 @@ def main(argv):
     import tensorflow as tf
     from PIL import Image
 
-    from spml_tf import pipeline
+    from spml_tf.data import pipeline
 
     FLAGS = flags.FLAGS
     rng = np.random.RandomState(0)

@@ -38,7 +38,7 @@ def write_files(directory, jpegs):
 def write_shards(directory, paths, num_classes, shard_size_mb, seed=0, resize_to=0):
     """The image files as a training split (one random positive each) written by our converter's shard writer
     (resized as --resize_to does, if resize_to); returns its Manifest."""
-    from spml_tf import shard_writer
+    from spml_tf.data import shard_writer
 
     rng = np.random.RandomState(seed)
     labels = np.zeros((len(paths), num_classes), np.float32)

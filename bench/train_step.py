@@ -85,7 +85,8 @@ def build(config, num_examples):
     """The trainer exactly as train.build_trainer makes it, on one device."""
     import tensorflow as tf
 
-    from spml_tf import losses, train
+    from spml_tf import methods as losses
+    from spml_tf.training import trainer as train
 
     labels = _random_labels(num_examples)
     splits = types.SimpleNamespace(train=types.SimpleNamespace(num_classes=NUM_CLASSES))
@@ -129,7 +130,7 @@ def run_callbacks():
     """The per-step callbacks of a run: StopOnNaN reads the loss of every step; the progress bar prints it."""
     import keras
 
-    from spml_tf import checkpoint
+    from spml_tf.training import checkpoint
 
     return [checkpoint.StopOnNaN(tempfile.gettempdir()), keras.callbacks.ProgbarLogger()]
 
@@ -137,7 +138,7 @@ def run_callbacks():
 def measure_ours(variant, work):
     import keras
 
-    from spml_tf import pipeline
+    from spml_tf.data import pipeline
 
     overrides = {"jit_compile": variant == "jit"}
     policy = keras.mixed_precision.global_policy()

@@ -6,8 +6,8 @@ import traceback
 
 from absl import app, flags
 
-from spml_tf import stopping
-from spml_tf.errors import DataError, TrainingError, UsageError
+from spml_tf.core import stopping
+from spml_tf.core.errors import DataError, TrainingError, UsageError
 
 
 def program_name(default):

@@ -14,9 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags
 
-from spml_tf import cli, metrics, run_dir
-from spml_tf import results as results_lib
-from spml_tf.errors import UsageError, reason
+from spml_tf import cli
+from spml_tf.training import metrics, run_dir
+from spml_tf.training import results as results_lib
+from spml_tf.core.errors import UsageError, reason
 
 TRAINING, APL, PER_CLASS = run_dir.CHARTS  # names the run directory's check knows as a run's own
 
@@ -62,7 +63,7 @@ def _pyplot():
 def _save(pyplot, figure, out_dir, name):
     import tensorflow as tf
 
-    from spml_tf import files
+    from spml_tf.core import files
 
     path = files.join(out_dir, name)
 

@@ -1,292 +1,142 @@
-"""Builds and runs a training, step by step: data, trainer (model, loss over the label bank), callbacks, fit, evaluate
-the best epoch, save. Each step is a function of its own; `train_and_evaluate` reads as their table of contents."""
+"""The training command: `spml-train`, `python -m spml_tf.train` and the clone's `python train_main.py`; and,
+for Python, `train_and_evaluate(config)`.
 
-if __name__ == "__main__":  # `python -m spml_tf.train`: the command line, set up before TensorFlow is imported
-    from spml_tf import train_cli
+Its flags are the run's own (defined here) and every method's hyper-parameters (one flag per
+methods.HYPERPARAMETERS entry, with the help its family gives). Flags that a preset sets (docs/method.md
+section 4) default to None: the preset fills them, and a flag given on the command line wins. Importing this
+module imports no TensorFlow: `main` installs the signal handling first, then defines the flags (which
+imports the methods, and so TensorFlow), so TensorFlow's threads inherit the blocked signals.
+"""
 
-    train_cli.main("spml_tf.train")
-
-import dataclasses
 import os
-import time
 
-import keras
-import numpy as np
-import tensorflow as tf
+from absl import flags
 
-from spml_tf import (checkpoint, datasets, distribute, evaluation, files, losses, metrics, models, optimizers,
-                     pipeline, run_dir)
-from spml_tf.errors import TrainingError, UsageError, reason
-from spml_tf.label_bank import LabelBank
+from spml_tf import cli
+from spml_tf.core.errors import UsageError
+
+FLAGS = flags.FLAGS
 
 
-def make_optimizer(config):
-    """The optimizer a run compiles with: Adam (no weight decay) or SGD as torch computes them, the head's
-    learning rate `head_lr_mult` times the backbone's."""
-    if config.optimizer == "sgd":
-        return optimizers.TorchSGD(config.learning_rate, config.momentum, config.weight_decay, config.head_lr_mult)
-    return optimizers.TorchAdam(config.learning_rate, head_lr_mult=config.head_lr_mult)
+def define_flags():
+    """Every flag of the training command (once: the clone's flags.py and tests call it too)."""
+    from spml_tf import config as config_lib, methods
+
+    if "loss" in FLAGS:
+        return
+    flags.DEFINE_enum("dataset", "digits", config_lib.DATASETS, "Dataset; `digits` is embedded (no download).")
+    flags.DEFINE_string("data_dir", None, "Directory of the converted TFRecord splits (default: the dataset's cache).")
+    flags.DEFINE_string("model_dir", None, "Where results.json, weights and TensorBoard logs go (default: runs/...).")
+    flags.DEFINE_string("loss", None, "Training loss (default em_apl; the README's method table lists them, and an "
+                        "unknown name is answered with the list).")
+    flags.DEFINE_integer("epochs", None, "Training epochs.")
+    flags.DEFINE_integer("batch_size", None, "GLOBAL batch size, split evenly over the replicas (GPUs x workers).")
+    flags.DEFINE_float("learning_rate", None, "Learning rate (the head's is --head_lr_mult times it).")
+    flags.DEFINE_integer("observed_negatives", None,
+                         "Negatives per image the observation process keeps (Cole et al.'s num_neg; digits only: "
+                         "other datasets fix it when converted).")
+    flags.DEFINE_enum("train_set_variant", None, config_lib.LABEL_VARIANTS,
+                      "observed: single-positive training labels; clean: all labels (the `full` oracle).")
+    flags.DEFINE_enum("val_set_variant", None, config_lib.LABEL_VARIANTS,
+                      "clean: select the epoch on full validation labels; observed: on single-positive ones.")
+    flags.DEFINE_enum("backbone", None, config_lib.BACKBONES, "Backbone network.")
+    flags.DEFINE_string("weights", None, "Backbone weights: imagenet, none, or a path to a weights file.")
+    flags.DEFINE_boolean("freeze_backbone", None, "Train only the linear head (linear probing).")
+    flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
+    flags.DEFINE_boolean("random_flip", None, "Random horizontal flip when training.")
+    flags.DEFINE_integer("seed", None, "Seed of weight initialisation and shuffling.")
+    flags.DEFINE_integer("patience", None, "Epochs without val mAP improvement before stopping (paper: 0).")
+    flags.DEFINE_boolean("deterministic", None, "TensorFlow op determinism and an ordered input pipeline: the same "
+                         "command gives the same results, and a resumed run the results of an uninterrupted one "
+                         "(a little slower).")
+    flags.DEFINE_enum("strategy", None, config_lib.STRATEGIES,
+                      "auto: MirroredStrategy over every visible GPU when there are several, else one device; "
+                      "multi_worker: MultiWorkerMirroredStrategy configured from TF_CONFIG (see README).")
+    flags.DEFINE_enum("mixed_precision", None, config_lib.MIXED_PRECISIONS,
+                      "none, or a mixed policy (mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent "
+                      "CPUs/GPUs); logits, losses and metrics stay float32.")
+    flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step.")
+    flags.DEFINE_float("worker_timeout", None, "multi_worker: seconds to wait for every worker of TF_CONFIG to start "
+                       "before giving up (default 300).")
+    flags.DEFINE_enum("head", None, config_lib.HEADS, "linear: global average pool, then a linear layer; boostlu: "
+                      "BoostLU's 1x1 conv to class maps, positives x --boostlu_alpha, then global average pool.")
+    flags.DEFINE_float("boostlu_alpha", None, "BoostLU: factor of the positive class activations (authors: 5).")
+    flags.DEFINE_float("head_lr_mult", None, "The head's learning rate is this times --learning_rate (LL, BoostLU, "
+                       "GR: 10).")
+    flags.DEFINE_enum("optimizer", None, config_lib.OPTIMIZERS, "adam, or sgd (torch's: momentum, weight decay added "
+                      "to the gradient).")
+    flags.DEFINE_float("momentum", None, "sgd: momentum.")
+    flags.DEFINE_float("weight_decay", None, "sgd: weight decay (torch's coupled L2).")
+    flags.DEFINE_float("max_map_drop", None, "> 0: stop when val mAP falls more than this below its best (LL: 3, "
+                       "GR: 2); --patience is then unused.")
+    flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
+    flags.DEFINE_boolean("per_class", False, "At the end, print every class's AP (default: the ten worst on test).")
+
+    flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
+    flags.DEFINE_float("serving_threshold", config_lib.THRESHOLD,
+                       "Exported model: probability from which a class is in `labels`.")
+    for name, parameter in methods.HYPERPARAMETERS.items():
+        define = {float: flags.DEFINE_float, int: flags.DEFINE_integer, tuple: flags.DEFINE_list}
+        define[type(parameter.default)](name, None, parameter.help)
 
 
-def default_model_dir(config):
-    """runs/<dataset>-<loss>-<time> in the directory the command was started from (also under `bazel run`)."""
-    base = os.environ.get("BUILD_WORKING_DIRECTORY", "")
-    return os.path.join(base, "runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
+def config_flags():
+    """The flags whose value becomes the Config field of the same name: all of Config's but the dataset (which
+    picks the preset) and the threshold (a run's is fixed; --serving_threshold sets the exported model's)."""
+    import dataclasses
+
+    from spml_tf import config as config_lib
+
+    return tuple(field.name for field in dataclasses.fields(config_lib.Config)
+                 if field.name not in ("dataset", "threshold"))
 
 
-def train_and_evaluate(config, log=print, verbose=1, per_class=False):
-    """Trains `config`, selects the epoch with the best validation mAP and returns the results dict.
+def config_from_flags():
+    """The dataset preset with every flag the user set replacing the preset's value."""
+    from spml_tf import config as config_lib, methods
 
-    Prints the metrics at the best epoch and the ten classes with the lowest
-    test AP (every class with `per_class`).
-
-    Writes results.json, the best weights, the final model and TensorBoard logs
-    under config.model_dir (a fresh directory under runs/ when empty; any
-    filesystem TensorFlow writes).
-    """
-    config = dataclasses.replace(config, model_dir=config.model_dir or default_model_dir(config))
-    run_dir.check(config.model_dir)  # before any work: a file or a user's folder is refused at once
-    losses.for_config(config)  # an unknown loss, or settings it contradicts, are refused before any work too
-    placement = distribute.make_strategy(config.strategy, config.batch_size, config.worker_timeout, log)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:  # same results run after run, and a resumed run equal to an uninterrupted one
-        tf.config.experimental.enable_op_determinism()
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
-    try:
-        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, verbose, per_class)
-    except distribute.LOST_WORKER_ERRORS as error:
-        if placement.num_workers == 1:
-            raise
-        raise placement.lost_worker(error) from None
-    finally:
-        keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
+    overrides = {name: getattr(FLAGS, name) for name in config_flags() if getattr(FLAGS, name) is not None}
+    for name, parameter in methods.HYPERPARAMETERS.items():
+        if name in overrides and isinstance(parameter.default, tuple):
+            try:
+                overrides[name] = tuple(float(value) for value in overrides[name])
+            except ValueError:
+                raise UsageError(f"--{name}={','.join(overrides[name])} must be two numbers: first,last") from None
+    return config_lib.from_overrides(FLAGS.dataset, **overrides)
 
 
-def _run(config, placement, model_dir, log, verbose, per_class):
-    """Every step, under the precision policy, in the locked run directory."""
-    splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
-    config = _fit_to_known_labels(config, splits, log)
-    with run_dir.claim(model_dir):  # the directory is this run's until it ends (once the data is known to be there)
-        labels = {split: splits.labels(split) for split in ("train", "val", "test") if getattr(splits, split)}
-        # A run killed earlier in this model_dir continues from its last complete epoch.
-        resumed = checkpoint.latest(model_dir)
-        run_identity = checkpoint.identity(config, splits.class_names, splits.train)
-        if resumed:
-            resumed.check_matches(run_identity)
-        first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
-        loss = losses.for_config(config)
-        data = make_datasets(config, splits, loss, first_epoch, placement)
-        log(_describe(config, splits, placement))
-        trainer = build_trainer(config, splits, labels["train"], loss, placement, log)
-        callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
-                                            resumed, log, verbose)
-        if resumed:  # every part of the checkpoint was checked (make_callbacks: the callbacks' states) before this
-            with placement.strategy.scope():
-                resumed.restore_model(trainer.training_model, trainer.bank)
-            log(f"Resuming {model_dir} after epoch {resumed.epoch}"
-                + (" (early stopping had ended it)" if resumed.finished else ""))
-        fit(trainer, data, callbacks, config, first_epoch, splits, verbose)
-        results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
-        save_run(model_dir, trainer, results)
-    log(format_results(results, per_class))
-    log(f"Results, best weights and TensorBoard logs are in {model_dir}")
-    return results
+def train_and_evaluate(config, **options):
+    """Trains `config` and returns the results dict (spml_tf.training.trainer.train_and_evaluate)."""
+    from spml_tf.training import trainer
+
+    return trainer.train_and_evaluate(config, **options)
 
 
-# --- Data -------------------------------------------------------------------------------------------------------------
+def run():
+    from spml_tf.serving import export
+
+    config = config_from_flags()
+    export.check_threshold(FLAGS.serving_threshold)
+    if FLAGS.export_dir:
+        export.check_export_dir(FLAGS.export_dir)
+    results = train_and_evaluate(config, per_class=FLAGS.per_class)
+    if FLAGS.export_dir:
+        version_dir = export.export_run(results["config"]["model_dir"], FLAGS.export_dir, FLAGS.serving_threshold)
+        print(f"Exported the SavedModel for TF Serving to {version_dir}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Datasets:
-    train: tf.data.Dataset  # shuffled, augmented (image, index) batches of the epochs still to train
-    train_eval: tf.data.Dataset  # the training images without augmentation, in order (APL predicts them)
-    val: tf.data.Dataset
-    test: tf.data.Dataset = None
+def main(program=None):
+    """The command line: signals, flags, then training; errors are one line (cli.main_for)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    from absl import app
+
+    from spml_tf.core import stopping
+
+    program = program or cli.program_name("spml-train")
+    stopping.install(program)  # before TensorFlow starts its threads: they inherit the blocked signals
+    define_flags()
+    app.run(cli.main_for(program, run), flags_parser=cli.flags_parser(program))
 
 
-def make_datasets(config, splits, loss, first_epoch, placement):
-    """The tf.data pipelines of a run, from epoch `first_epoch` on."""
-    size, batch = config.image_size, config.batch_size
-    # Workers split one stream of batches between them, so each must see it in the same order.
-    train = pipeline.make_train_dataset(splits.train, size, batch, config.random_flip, config.seed,
-                                        epochs=config.epochs, first_epoch=first_epoch,
-                                        deterministic=config.deterministic or placement.num_workers > 1)
-    if loss.needs_example_index():  # the training model also reads the index (ROLE's label estimator)
-        train = pipeline.with_index_as_input(train)
-    return Datasets(
-        train=train,
-        train_eval=pipeline.make_eval_dataset(splits.train, size, batch),
-        val=pipeline.make_eval_dataset(splits.val, size, batch),
-        test=pipeline.make_eval_dataset(splits.test, size, batch) if splits.test else None,
-    )
-
-
-def _describe(config, splits, placement):
-    line = (f"{config.dataset}: {splits.train.num_examples:,} train / {splits.val.num_examples:,} val / "
-            + (f"{splits.test.num_examples:,} test images" if splits.test else "no test images")
-            + f", {splits.train.num_classes} classes; loss {config.loss}; "
-            + f"{placement.strategy.num_replicas_in_sync} replica(s), global batch {config.batch_size}")
-    if splits.train.resized_to and splits.train.resized_to != config.image_size:
-        line += (f"\nnote: the images were resized to {splits.train.resized_to} at conversion; --image_size="
-                 f"{config.image_size} resizes them again")
-    return line
-
-
-# --- The trainer: the classifier, what fit trains, the label bank ----------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Trainer:
-    model: keras.Model  # the classifier: images in [0, 255] -> C logits; what is saved and exported
-    training_model: keras.Model  # what `fit` trains: the classifier, or more (ROLE's label estimator)
-    bank: LabelBank  # the training labels the loss reads at step time
-    predictor: evaluation.Predictor  # the classifier's probabilities on a dataset, in example order
-
-
-def build_trainer(config, splits, train_labels, loss, placement, log=print):
-    """The classifier, the model fit trains, and the label bank, compiled, in the strategy's scope.
-
-    The oracle (and --train_set_variant=clean) trains on full labels, every
-    other loss on the observed ones. The bank is a variable of the scope, so
-    every replica reads the current labels.
-    """
-    with placement.strategy.scope():
-        model = models.build_model(config, splits.train.num_classes, log)
-        clean = loss.uses_full_labels or config.train_set_variant == "clean"
-        bank = LabelBank(train_labels.full if clean else train_labels.observed)
-        loss.attach(bank)  # a loss's own variables (LL-Cp's corrections) live in the scope too
-        training_model = loss.training_model(model, train_labels.observed, config.seed)
-        training_model.compile(optimizer=make_optimizer(config), loss=losses.LabelBankLoss(loss, bank),
-                               jit_compile=config.jit_compile)
-        return Trainer(model, training_model, bank, evaluation.Predictor(model))
-
-
-# --- Callbacks -------------------------------------------------------------------------------------------------------
-
-
-def make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity, resumed, log=print,
-                   verbose=1):
-    """The callbacks of `fit`, in order, and the EpochSummary among them.
-
-    Validation mAP first (early stopping and checkpointing read it), then the
-    loss's own (APL), then the ones that only record, then the checkpoint of
-    it all, which restores their state on a resumed run.
-    """
-    summary = evaluation.EpochSummary(config.epochs, log=log)
-    full_train = labels["train"].full if splits.train.full_labels_known else None
-    context = losses.TrainingContext(config, trainer.bank, trainer.predictor, data.train_eval, full_train)
-    callbacks = [evaluation.ValidationMAP(trainer.predictor, data.val, _validation_targets(config, labels["val"]))]
-    callbacks += loss.callbacks(context)
-    callbacks += [
-        checkpoint.StopOnNaN(model_dir),
-        evaluation.ResumableEarlyStopping(config.patience, config.max_map_drop),
-        keras.callbacks.TensorBoard(files.join(model_dir, run_dir.TENSORBOARD), write_graph=False),
-    ]
-    if verbose:  # placed before the summary, so the progress bar ends its line first
-        callbacks.append(keras.callbacks.ProgbarLogger())
-    callbacks.append(summary)
-    stateful = {callback.state_key: callback for callback in callbacks if hasattr(callback, "state_key")}
-    if resumed:
-        resumed.check_callbacks(stateful, trainer.training_model)  # before anything is restored
-    callbacks.append(checkpoint.Checkpointing(model_dir, trainer.bank, run_identity, stateful, resumed))
-    return callbacks, summary
-
-
-def _validation_targets(config, val_labels):
-    """Cole et al.'s "observed" variant selects on the single-positive val labels; "clean" on the full ones."""
-    return val_labels.full if config.val_set_variant == "clean" else np.maximum(val_labels.observed, 0)
-
-
-# --- Fit, evaluate, save ---------------------------------------------------------------------------------------------
-
-
-def fit(trainer, data, callbacks, config, first_epoch, splits, verbose=1):
-    """model.fit over the remaining epochs; a damaged shard or an image that does not decode is named."""
-    try:
-        trainer.training_model.fit(data.train, epochs=config.epochs, initial_epoch=first_epoch, callbacks=callbacks,
-                                   verbose=verbose, shuffle=False,
-                                   steps_per_epoch=pipeline.batches_per_epoch(splits.train, config.batch_size))
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        raise pipeline.explain_read_error(splits.train, error, splits.repair_hint) from None
-
-
-def evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks):
-    """The results dict: the best epoch's (early stopping restored its weights) metrics on val and test, against
-    full labels wherever they are known."""
-    best = max(summary.records, key=lambda record: record["val_map"])
-    val_probs = trainer.predictor.probabilities(data.val, splits.val.num_examples)
-    val_truth = labels["val"].full if splits.val.full_labels_known else _validation_targets(config, labels["val"])
-    names = list(splits.class_names)
-    test_metrics = test_per_class = None
-    if data.test is not None:
-        test_probs = trainer.predictor.probabilities(data.test, splits.test.num_examples)
-        test_metrics, test_per_class = metrics.evaluate_with_classes(labels["test"].full, test_probs, names,
-                                                                     config.threshold)
-    val_metrics, val_per_class = metrics.evaluate_with_classes(val_truth, val_probs, names, config.threshold)
-    results = {
-        "config": dataclasses.asdict(config),
-        "class_names": names,
-        "history": summary.records,
-        "apl_rounds": [],
-        "best_epoch": best["epoch"],
-        "val": val_metrics,
-        "test": test_metrics,
-        "per_class_ap": {"val": val_per_class, "test": test_per_class},
-    }
-    for callback in callbacks:  # what a loss's callbacks report (APL: its rounds)
-        if hasattr(callback, "results"):
-            results.update(callback.results())
-    return results
-
-
-def save_run(model_dir, trainer, results):
-    """Writes the run's files, each atomically; TrainingError naming the file if the disk refuses one."""
-    # Saved uncompiled: the training loss reads a label bank that a user of the
-    # model does not have, and `keras.saving.load_model` must just work.
-    saves = (
-        (run_dir.MODEL_FILE, models.for_saving(trainer.model).save),  # Keras's own layers only
-        (run_dir.BEST_WEIGHTS, trainer.training_model.save_weights),  # the training model's, ROLE's estimator too
-        (run_dir.LABEL_BANK, lambda path: files.save_npy(path, trainer.bank.numpy())),  # the final labels
-        (run_dir.RESULTS, lambda path: files.write_json(path, results)),
-    )
-    for name, save in saves:
-        path = files.join(model_dir, name)
-        try:
-            files.replace(path, save)
-        except (OSError, tf.errors.OpError) as error:
-            files.release_failed_write(error)
-            raise TrainingError(f"training finished but {path} could not be written ({reason(error)}); the last "
-                                "epoch's checkpoint is kept: free space and run the same command, which writes the "
-                                "files without training again") from None
-
-
-def _fit_to_known_labels(config, splits, log):
-    """The config, adjusted to what the data knows: a user's own data has no full training labels."""
-    needs_full = losses.lookup(config.loss).uses_full_labels or config.train_set_variant == "clean"
-    if not splits.train.full_labels_known and needs_full:
-        raise UsageError(f"{splits.train.directory} has single-positive labels only (no full labels): "
-                         f"--loss={config.loss} and --train_set_variant=clean need full training labels")
-    if not splits.val.full_labels_known and config.val_set_variant == "clean":
-        log("The validation labels are single-positive (no --val_csv at conversion): "
-            "selecting epochs on them (--val_set_variant=observed).")
-        config = dataclasses.replace(config, val_set_variant="observed")
-    return config
-
-
-def format_results(results, per_class=False, worst=10):
-    """A small table of the val and test metrics at the best epoch, then the classes by AP, worst first: the
-    `worst` lowest, or all of them with `per_class`."""
-    labels = "full" if results["config"]["val_set_variant"] == "clean" else "single-positive"
-    test = results["test"]
-    lines = [f"Best epoch {results['best_epoch']} (by validation mAP, {labels} labels)",
-             f"{'metric':<16}{'val':>8}{'test' if test else '':>8}"]
-    for key in results["val"]:
-        lines.append(f"{key:<16}{results['val'][key]:>8.2f}" + (f"{test[key]:>8.2f}" if test else ""))
-    split = "test" if test else "val"
-    aps = results["per_class_ap"][split]
-    shown = metrics.worst_classes(aps, None if per_class else worst)
-    more = "" if len(shown) == len(aps) else f" ({len(aps) - len(shown)} more with --per_class)"
-    lines.append(f"AP per class on {split}, worst first{more}:")
-    lines += [f"  {name:<22}{ap:>8.2f}" for name, ap in shown]
-    return "\n".join(lines)
+if __name__ == "__main__":
+    main("spml_tf.train")

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_digits_dir(tmp_path_factory):
     """A small build of the digits dataset (200 official-train, 100 test images) in the real format."""
-    from spml_tf.datasets import digits
+    from spml_tf.data.datasets import digits
 
     directory = str(tmp_path_factory.mktemp("data") / "digits")
     saved = digits.NUM_OFFICIAL_TRAIN, digits.NUM_TEST, digits.SHARD_SIZE_MB

@@ -29,9 +29,10 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
-from spml_tf import distribute, losses, optimizers  # noqa: E402
-from spml_tf.errors import UsageError  # noqa: E402
-from spml_tf.label_bank import LabelBank  # noqa: E402
+from spml_tf import methods as losses
+from spml_tf.training import distribute, optimizers  # noqa: E402
+from spml_tf.core.errors import UsageError  # noqa: E402
+from spml_tf.training.label_bank import LabelBank  # noqa: E402
 
 N, C, BATCH = 32, 5, 8
 
@@ -92,7 +93,9 @@ def resnet_step():
     the one-device step, BatchNorm's moving statistics included, because BatchNorm takes the global batch's
     statistics. The same network with Keras's own BatchNormalization (each replica normalising its half) as a
     control."""
-    from spml_tf import config as config_lib, models, train as train_lib
+    from spml_tf import config as config_lib
+    from spml_tf.training import trainer as train_lib
+    from spml_tf.nets import models
 
     config = config_lib.from_overrides("voc", weights="none", image_size=32, batch_size=8, loss="em_apl")
     rng = np.random.RandomState(0)
@@ -130,7 +133,8 @@ def resnet_step():
 
 
 def train(data_dir, model_dir):
-    from spml_tf import config as config_lib, train as train_lib
+    from spml_tf import config as config_lib
+    from spml_tf.training import trainer as train_lib
 
     config = config_lib.from_overrides("digits", data_dir=data_dir, model_dir=model_dir, epochs=3, warmup_epochs=1,
                                        patience=10, image_size=16, batch_size=32, strategy="mirrored")
@@ -145,7 +149,8 @@ UNEVEN_BATCH = 12
 def _epoch(strategy, loss_name, num_examples):
     """(reported loss, weights) after one epoch of `num_examples` in global batches of UNEVEN_BATCH, for any loss
     of the registry with its digits hyper-parameters (ROLE with its label estimator, reading the index)."""
-    from spml_tf import config as config_lib, models
+    from spml_tf import config as config_lib
+    from spml_tf.nets import models
 
     config = config_lib.from_overrides("digits", loss=loss_name, ll_delta=10.0)
     rng = np.random.RandomState(1)

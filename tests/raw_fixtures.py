@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from spml_tf import records
+from spml_tf.data import records
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -10,8 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from spml_tf import checkpoint, config as config_lib, export, run_dir, train
-from spml_tf.errors import DataError, TrainingError
+from spml_tf import config as config_lib
+from spml_tf.serving import export
+from spml_tf.training import trainer as train
+from spml_tf.training import checkpoint, run_dir
+from spml_tf.core.errors import DataError, TrainingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,8 +16,11 @@ import sys
 import numpy as np
 import pytest
 
-from spml_tf import checkpoint, config as config_lib, datasets, distribute, losses, run_dir, train
-from spml_tf.errors import DataError, UsageError
+from spml_tf import config as config_lib, methods as losses
+from spml_tf.training import trainer as train
+from spml_tf.data import datasets
+from spml_tf.training import checkpoint, distribute, run_dir
+from spml_tf.core.errors import DataError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAMAGED = "the checkpoint is damaged ("
@@ -220,7 +223,7 @@ def test_an_epoch_beyond_the_runs_epochs_is_damaged_even_when_its_folder_agrees(
 
 
 def test_resuming_on_other_data_says_so_not_damaged(tiny_digits_dir, run, tmp_path):
-    from spml_tf.datasets import digits
+    from spml_tf.data.datasets import digits
 
     other = str(tmp_path / "other")
     saved = digits.NUM_OFFICIAL_TRAIN, digits.NUM_TEST, digits.SHARD_SIZE_MB

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from spml_tf import config as config_lib
-from spml_tf.errors import UsageError
+from spml_tf.core.errors import UsageError
 
 
 @pytest.mark.parametrize("dataset, batch, lr, alpha, beta, warmup", [

@@ -21,8 +21,10 @@ import local_http
 import raw_fixtures
 import torch_files
 import torch_parity
-from spml_tf import convert, datasets, download, pipeline, records, shard_writer
-from spml_tf.errors import DataError, UsageError
+from spml_tf.data import convert
+from spml_tf.core import download
+from spml_tf.data import datasets, pipeline, records, shard_writer
+from spml_tf.core.errors import DataError, UsageError
 
 
 def quiet(message):

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from spml_tf import datasets, labels, pipeline
-from spml_tf.datasets import digits
-from spml_tf.errors import DataError, UsageError
+from spml_tf.data import datasets, labels, pipeline
+from spml_tf.data.datasets import digits
+from spml_tf.core.errors import DataError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,7 +167,7 @@ def test_a_build_by_another_process_is_waited_for_then_given_up_on(tmp_path, mon
     directory.mkdir()
     (directory / digits.MARK).write_text("")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from spml_tf import file_lock; "
+        [sys.executable, "-c", "import sys, time; from spml_tf.core import file_lock; "
          "lock = file_lock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)",
          str(directory / digits.LOCK)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -184,8 +184,8 @@ def test_a_build_by_another_process_is_waited_for_then_given_up_on(tmp_path, mon
 
 def test_a_data_dir_that_cannot_be_created_is_one_line(tmp_path):
     """Found under Bazel's sandbox, whose home is read-only: a bare OSError traceback before."""
-    from spml_tf.datasets import digits
-    from spml_tf.errors import UsageError
+    from spml_tf.data.datasets import digits
+    from spml_tf.core.errors import UsageError
 
     (tmp_path / "afile").write_text("")
     with pytest.raises(UsageError, match=r"cannot build the digits dataset in .*afile/digits \(Not a directory\): "

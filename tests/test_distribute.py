@@ -13,8 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from spml_tf import config as config_lib, distribute, losses, multi_worker_compat, run_dir, train
-from spml_tf.errors import UsageError
+from spml_tf import config as config_lib, methods as losses
+from spml_tf.training import trainer as train
+from spml_tf.training import distribute, multi_worker_compat, run_dir
+from spml_tf.core.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

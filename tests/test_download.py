@@ -12,9 +12,9 @@ import zipfile
 import pytest
 
 import local_http
-from spml_tf import download
-from spml_tf.download import Archive
-from spml_tf.errors import DataError
+from spml_tf.core import download
+from spml_tf.core.download import Archive
+from spml_tf.core.errors import DataError
 
 BODY = random.Random(0).randbytes(10_000)
 NAME = "data.tar"

@@ -15,8 +15,12 @@ import tensorflow as tf
 
 import raw_fixtures
 from spml_tf import config as config_lib
-from spml_tf import classifier, datasets, export, pipeline, report, train
-from spml_tf.errors import DataError, UsageError
+from spml_tf import report
+from spml_tf.serving import export
+from spml_tf.training import trainer as train
+from spml_tf.data import datasets, pipeline
+from spml_tf.serving import classifier
+from spml_tf.core.errors import DataError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +43,7 @@ def exported(run_dir, tmp_path_factory):
 def _test_images(tiny_digits_dir, count=5):
     """Encoded PNG bytes of the first test images, as stored in the shards."""
     manifest = datasets.load("digits", tiny_digits_dir).test
-    from spml_tf import records
+    from spml_tf.data import records
 
     dataset = tf.data.TFRecordDataset(manifest.shard_paths).take(count)
     return [records.parse_examples(s, manifest.num_classes)["image/encoded"].numpy() for s in dataset]

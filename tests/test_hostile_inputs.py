@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import raw_fixtures
-from spml_tf import convert, shard_writer
-from spml_tf.datasets import user_csv
-from spml_tf.errors import DataError
+from spml_tf.data import convert
+from spml_tf.data import shard_writer
+from spml_tf.data.datasets import user_csv
+from spml_tf.core.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = "image,labels\na.jpg,café\nb.jpg,dog|café\n"

@@ -10,8 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 import raw_fixtures
-from spml_tf import image_limits, pipeline
-from spml_tf.errors import DataError
+from spml_tf.data import image_limits, pipeline
+from spml_tf.core.errors import DataError
 
 
 def _encoded(fmt, height, width):
@@ -98,7 +98,9 @@ def test_training_refuses_a_forged_shard_holding_an_image_bomb(tiny_digits_dir, 
     pipeline checks the header too, and the run stops naming the image, with nothing decoded."""
     import shutil
 
-    from spml_tf import config as config_lib, records, train
+    from spml_tf import config as config_lib
+    from spml_tf.training import trainer as train
+    from spml_tf.data import records
 
     data_dir = tmp_path / "data"
     shutil.copytree(tiny_digits_dir, data_dir)

@@ -1,10 +1,10 @@
-"""Tests for spml_tf.labels: the single-positive observation process, the split, the label check."""
+"""Tests for spml_tf.data.labels: the single-positive observation process, the split, the label check."""
 
 import numpy as np
 import pytest
 
-from spml_tf import labels
-from spml_tf.errors import DataError
+from spml_tf.data import labels
+from spml_tf.core.errors import DataError
 
 # A small fixed full-label matrix: several positives per row, a row with no
 # negative (row 2) and a row with a single positive (row 3).

@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 from spml_tf import config as config_lib
-from spml_tf import losses
-from spml_tf.errors import UsageError
-from spml_tf.label_bank import LabelBank
+from spml_tf import methods as losses
+from spml_tf.core.errors import UsageError
+from spml_tf.training.label_bank import LabelBank
 
 ALPHA = 0.2
 BETA = 0.02

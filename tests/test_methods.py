@@ -10,9 +10,12 @@ import pytest
 import tensorflow as tf
 
 from spml_tf import config as config_lib
-from spml_tf import losses, models, optimizers, train
-from spml_tf.errors import UsageError
-from spml_tf.label_bank import LabelBank
+from spml_tf import methods as losses
+from spml_tf.training import trainer as train
+from spml_tf.nets import models
+from spml_tf.training import optimizers
+from spml_tf.core.errors import UsageError
+from spml_tf.training.label_bank import LabelBank
 
 
 def _sigmoid(z):
@@ -302,7 +305,7 @@ def test_boostlu_presets_and_flags_win():
 def test_bad_method_settings_are_one_line():
     with pytest.raises(UsageError, match="--head='mlp' is not one of linear, boostlu"):
         config_lib.from_overrides("digits", head="mlp")
-    with pytest.raises(UsageError, match="--gr_w takes two numbers"):
+    with pytest.raises(UsageError, match="--gr_w=1.0 takes two numbers: first,last"):
         config_lib.from_overrides("digits", gr_w=(1.0,))
     with pytest.raises(UsageError, match="--warmup_epochs=5 must be smaller than --epochs=3 with --loss=gr_apl"):
         losses.for_config(config_lib.from_overrides("digits", loss="gr_apl", epochs=3))

@@ -1,10 +1,10 @@
-"""Tests for spml_tf.metrics against sklearn and plain loops."""
+"""Tests for spml_tf.training.metrics against sklearn and plain loops."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
-from spml_tf import metrics
+from spml_tf.training import metrics
 
 # --- Independent statements ----------------------------------------------------------
 

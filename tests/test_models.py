@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from spml_tf import config as config_lib
-from spml_tf import models
+from spml_tf.nets import models
 
 
 def test_caffe_normalisation_equals_keras_resnet50_preprocessing():

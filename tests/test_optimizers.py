@@ -8,7 +8,8 @@ import pytest
 
 import torch_parity as P
 from spml_tf import config as config_lib
-from spml_tf import optimizers, train
+from spml_tf.training import trainer as train
+from spml_tf.training import optimizers
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch")
 

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = {"spml-train": "spml_tf.train_cli:main", "spml-convert": "spml_tf.convert:main",
+COMMANDS = {"spml-train": "spml_tf.train:main", "spml-convert": "spml_tf.convert:main",
             "spml-export": "spml_tf.export:main", "spml-predict": "spml_tf.predict:main",
             "spml-report": "spml_tf.report:main"}
 

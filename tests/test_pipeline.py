@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 import raw_fixtures
-from spml_tf import datasets, losses, pipeline
-from spml_tf.errors import DataError
-from spml_tf.label_bank import LabelBank
+from spml_tf import methods as losses
+from spml_tf.data import datasets, pipeline
+from spml_tf.core.errors import DataError
+from spml_tf.training.label_bank import LabelBank
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import local_http
 import torch_files
 import torch_parity as P
 from spml_tf import config as config_lib
-from spml_tf import download, models, pretrained, torch_weights
-from spml_tf.errors import DataError
+from spml_tf.core import download
+from spml_tf.nets import models, pretrained, torch_weights
+from spml_tf.core.errors import DataError
 
 
 @pytest.fixture(scope="module")

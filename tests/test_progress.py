@@ -2,7 +2,7 @@
 
 import io
 
-from spml_tf import progress
+from spml_tf.core import progress
 
 
 def test_a_log_gets_a_line_per_interval_and_a_final_line(monkeypatch):

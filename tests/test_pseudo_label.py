@@ -1,4 +1,4 @@
-"""Tests for one APL round (spml_tf.pseudo_label) and the label bank's encoding check."""
+"""Tests for one APL round (spml_tf.methods.em) and the label bank's encoding check."""
 
 import math
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from spml_tf import pseudo_label
-from spml_tf.errors import DataError
-from spml_tf.label_bank import LabelBank, check_encoding
+from spml_tf.methods import em as pseudo_label
+from spml_tf.core.errors import DataError
+from spml_tf.training.label_bank import LabelBank, check_encoding
 
 # --- Independent statement ---------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import raw_fixtures
-from spml_tf import records
-from spml_tf.errors import DataError
+from spml_tf.data import records
+from spml_tf.core.errors import DataError
 
 CLASSES = ("cat", "dog", "car")
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from spml_tf import metrics, report
-from spml_tf.errors import DataError, UsageError
+from spml_tf import report
+from spml_tf.training import metrics
+from spml_tf.core.errors import DataError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 import torch_parity as P
 from spml_tf import config as config_lib
-from spml_tf import losses, models, resnet, torch_weights
+from spml_tf import methods as losses
+from spml_tf.nets import models, resnet, torch_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch")
 

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 import raw_fixtures
-from spml_tf import checkpoint, config as config_lib, pipeline, records, run_dir, train
-from spml_tf.errors import DataError, TrainingError, UsageError
+from spml_tf import config as config_lib
+from spml_tf.training import trainer as train
+from spml_tf.data import pipeline, records
+from spml_tf.training import checkpoint, run_dir
+from spml_tf.core.errors import DataError, TrainingError, UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

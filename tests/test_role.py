@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from spml_tf import losses, models
-from spml_tf.label_bank import LabelBank
+from spml_tf import methods as losses
+from spml_tf.methods import cole
+from spml_tf.training.label_bank import LabelBank
 
 POSITIVE_LOGIT = np.log(0.995 / 0.005)  # logit(0.995) = 5.293
 INIT_RANGE = np.log(0.6 / 0.4)  # logit(0.6) = 0.405
@@ -51,7 +52,7 @@ def numpy_adam_first_step(gradient, learning_rate):
 def test_initial_logits_follow_spec():
     """logit(0.995) at annotated positives, uniform in (-logit(0.6), logit(0.6)) elsewhere, float32."""
     observed = observed_labels(2000, 6)
-    initial = models.initial_estimator_logits(observed, seed=0)
+    initial = cole.initial_estimator_logits(observed, seed=0)
     assert initial.shape == observed.shape and initial.dtype == np.float32
     positive = observed == 1.0
     np.testing.assert_allclose(initial[positive], POSITIVE_LOGIT, rtol=1e-6)
@@ -70,9 +71,9 @@ def test_initial_logits_follow_spec():
 def test_initial_logits_are_deterministic_for_a_seed():
     """The same seed gives the same matrix; another seed changes only the unannotated entries."""
     observed = observed_labels(50, 4)
-    first = models.initial_estimator_logits(observed, seed=7)
-    np.testing.assert_array_equal(first, models.initial_estimator_logits(observed, seed=7))
-    other = models.initial_estimator_logits(observed, seed=8)
+    first = cole.initial_estimator_logits(observed, seed=7)
+    np.testing.assert_array_equal(first, cole.initial_estimator_logits(observed, seed=7))
+    other = cole.initial_estimator_logits(observed, seed=8)
     positive = observed == 1.0
     np.testing.assert_array_equal(first[positive], other[positive])
     assert np.all(first[~positive] != other[~positive])
@@ -81,7 +82,7 @@ def test_initial_logits_are_deterministic_for_a_seed():
 def test_initial_logits_at_annotated_negatives_are_logit_0_005():
     """An annotated negative (-1) starts at logit(0.005), as in Cole et al.'s LabelEstimator."""
     observed = observed_labels(20, 5, negatives=True)
-    initial = models.initial_estimator_logits(observed, seed=0)
+    initial = cole.initial_estimator_logits(observed, seed=0)
     np.testing.assert_allclose(initial[observed == -1.0], NEGATIVE_LOGIT, rtol=1e-6)
     assert np.all(np.abs(initial[observed == 0.0]) <= INIT_RANGE)
 
@@ -94,14 +95,14 @@ def test_with_label_estimator_outputs_classifier_then_estimator_rows():
     num_classes = 5
     observed = observed_labels(12, num_classes, negatives=True)
     classifier = tiny_classifier(num_classes)
-    trainer = models.with_label_estimator(classifier, observed, seed=3)
+    trainer = cole.with_label_estimator(classifier, observed, seed=3)
     images = np.random.default_rng(1).uniform(0, 255, size=(4, 8, 8, 3)).astype(np.float32)
     index = np.array([7, 0, 7, 11], dtype=np.int64)  # unsorted, with a repeat
 
     outputs = np.asarray(trainer([images, index]))
     assert outputs.shape == (4, 2 * num_classes)
     np.testing.assert_allclose(outputs[:, :num_classes], np.asarray(classifier(images)), rtol=1e-6, atol=1e-6)
-    initial = models.initial_estimator_logits(observed, seed=3)
+    initial = cole.initial_estimator_logits(observed, seed=3)
     np.testing.assert_allclose(outputs[:, num_classes:], initial[index], rtol=1e-6, atol=1e-7)
 
     # Trainable: the classifier's weights and one N x C estimator matrix.
@@ -122,8 +123,8 @@ def test_estimator_adam_step_is_ten_times_a_plain_adam_step():
     """
     num_classes = 4
     observed = observed_labels(10, num_classes)
-    trainer = models.with_label_estimator(tiny_classifier(num_classes), observed, seed=5)
-    initial = models.initial_estimator_logits(observed, seed=5)
+    trainer = cole.with_label_estimator(tiny_classifier(num_classes), observed, seed=5)
+    initial = cole.initial_estimator_logits(observed, seed=5)
     images = np.zeros((3, 8, 8, 3), dtype=np.float32)
     index = np.array([2, 5, 9], dtype=np.int64)
     rng = np.random.default_rng(2)
@@ -151,11 +152,11 @@ def test_estimator_adam_step_is_ten_times_a_plain_adam_step():
 def test_label_estimator_steps_like_adam_at_the_multiplied_rate(lr_multiplier):
     """LabelEstimator(lr_multiplier=m) under Adam(1e-3) moves as a plain variable under Adam(m * 1e-3)."""
     observed = observed_labels(6, 3)
-    initial = models.initial_estimator_logits(observed, seed=1)
+    initial = cole.initial_estimator_logits(observed, seed=1)
     index = np.array([4, 1], dtype=np.int64)
     weights = np.array([[0.5, -0.2, 1.0], [-0.8, 0.3, 0.15]], dtype=np.float32)
 
-    estimator = models.LabelEstimator(initial, lr_multiplier=lr_multiplier)
+    estimator = cole.LabelEstimator(initial, lr_multiplier=lr_multiplier)
     optimizer = keras.optimizers.Adam(learning_rate=1e-3)
     with tf.GradientTape() as tape:
         value = tf.reduce_sum(weights * estimator(index))
@@ -180,7 +181,7 @@ def test_role_trainer_fit_moves_the_classifier_and_only_the_rows_it_saw():
     num_examples, num_classes = 16, 5
     observed = observed_labels(num_examples, num_classes, negatives=True)
     classifier = tiny_classifier(num_classes)
-    trainer = models.with_label_estimator(classifier, observed, seed=1)
+    trainer = cole.with_label_estimator(classifier, observed, seed=1)
     trainer.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=losses.LabelBankLoss(losses.get("role", expected_num_pos=1.0), LabelBank(observed)),
@@ -193,7 +194,7 @@ def test_role_trainer_fit_moves_the_classifier_and_only_the_rows_it_saw():
 
     stored = trainer.get_layer("label_estimator").scaled_logits
     initial = stored.numpy().copy()
-    np.testing.assert_allclose(10.0 * initial, models.initial_estimator_logits(observed, seed=1), rtol=1e-6)
+    np.testing.assert_allclose(10.0 * initial, cole.initial_estimator_logits(observed, seed=1), rtol=1e-6)
     classifier_before = [w.numpy().copy() for w in classifier.trainable_weights]
     after_step = []
     record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: after_step.append(stored.numpy()))

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from spml_tf import run_dir
-from spml_tf.errors import UsageError
+from spml_tf.training import run_dir
+from spml_tf.core.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOLD = "import sys, time; from spml_tf import run_dir; lock = run_dir.claim(sys.argv[1]); print('held', flush=True); " \
+HOLD = "import sys, time; from spml_tf.training import run_dir; lock = run_dir.claim(sys.argv[1]); print('held', flush=True); " \
        "time.sleep(600)"
 
 

@@ -23,8 +23,8 @@ import pytest
 
 import torch_files
 import torch_parity
-from spml_tf import torch_weights
-from spml_tf.errors import DataError
+from spml_tf.nets import torch_weights
+from spml_tf.core.errors import DataError
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch")
 
@@ -104,7 +104,7 @@ def test_damaged_files_are_refused(tmp_path):
 
 
 def test_a_state_dict_that_does_not_fit_the_network_is_named(tmp_path):
-    from spml_tf import resnet
+    from spml_tf.nets import resnet
 
     backbone = resnet.resnet50(32)
     state = {key: value for key, value in torch_parity.resnet50_state().items()}

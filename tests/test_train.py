@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from spml_tf import config as config_lib
-from spml_tf import datasets, pipeline, pseudo_label, train
+from spml_tf.training import trainer as train
+from spml_tf.data import datasets, pipeline
+from spml_tf.methods import em as pseudo_label
 
 
 def _config(data_dir, model_dir, **overrides):
@@ -79,7 +81,7 @@ def test_clean_train_set_variant_trains_on_full_labels(tiny_digits_dir, tmp_path
 
 def test_observed_val_set_variant_selects_on_single_positive_labels(tiny_digits_dir, tmp_path, monkeypatch):
     """--val_set_variant=observed scores validation against the single-positive val labels."""
-    from spml_tf import evaluation
+    from spml_tf.training import evaluation
 
     seen = []
     original = evaluation.ValidationMAP.__init__
@@ -119,7 +121,8 @@ def test_baselines_train(tiny_digits_dir, tmp_path, loss):
 
 
 def _steps(tiny_digits_dir, model_dir, **overrides):
-    from spml_tf import distribute, losses
+    from spml_tf import methods as losses
+    from spml_tf.training import distribute
 
     config = _config(tiny_digits_dir, str(model_dir), **overrides)
     splits = datasets.load("digits", tiny_digits_dir)
@@ -153,7 +156,7 @@ def test_build_trainer_compiles_the_classifier_and_its_bank(tiny_digits_dir, tmp
 
 
 def test_make_callbacks_orders_them_and_hands_the_stateful_ones_to_the_checkpoint(tiny_digits_dir, tmp_path):
-    from spml_tf import checkpoint, evaluation
+    from spml_tf.training import checkpoint, evaluation
 
     config, splits, labels, loss, placement = _steps(tiny_digits_dir, tmp_path)
     data = train.make_datasets(config, splits, loss, 0, placement)
@@ -172,7 +175,9 @@ def test_a_run_directory_on_another_filesystem(tiny_digits_dir):
     """--model_dir on TensorFlow's ram:// filesystem: trained, resumed (no more training), exported."""
     import tensorflow as tf
 
-    from spml_tf import export, files, run_dir
+    from spml_tf.serving import export
+    from spml_tf.core import files
+    from spml_tf.training import run_dir
 
     model_dir = f"ram://runs/digits-{os.getpid()}"
     config = _config(tiny_digits_dir, model_dir, loss="em", epochs=2)
