@@ -15,13 +15,9 @@ from spml_tf.core.errors import UsageError
 from spml_tf.data.labels import OBSERVATION_SEED, VAL_FRACTION  # noqa: F401  (fixed by the original code)
 from spml_tf.training.metrics import THRESHOLD
 
-DATASETS = ("digits", "voc", "coco", "nuswide", "cub", "custom")
-LABEL_VARIANTS = ("observed", "clean")
-BACKBONES = ("resnet50", "keras_resnet50", "small_cnn")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
-HEADS = ("linear", "boostlu")
-OPTIMIZERS = ("adam", "sgd")
+from spml_tf import choices
+from spml_tf.choices import (BACKBONES, DATASETS, HEADS, LABEL_VARIANTS, MIXED_PRECISIONS,  # noqa: F401
+                             OPTIMIZERS, STRATEGIES)
 
 # The run's own fields: (name, type, default). What each means is the help of its flag (spml_tf/train.py).
 _RUN_FIELDS = (
@@ -80,27 +76,24 @@ def _post_init(self):
             # An int is finite (and may be too large for a float, which math.isfinite would need).
             _check(all(isinstance(number, int) or math.isfinite(number) for number in numbers),
                    f"--{field.name}={','.join(map(str, numbers))} must be finite, not inf or nan")
-    _check(self.dataset in DATASETS, f"--dataset={self.dataset!r} is not one of {', '.join(DATASETS)}")
-    _check(self.train_set_variant in LABEL_VARIANTS,
-           f"--train_set_variant={self.train_set_variant!r} is not one of {', '.join(LABEL_VARIANTS)}")
-    _check(self.val_set_variant in LABEL_VARIANTS,
-           f"--val_set_variant={self.val_set_variant!r} is not one of {', '.join(LABEL_VARIANTS)}")
+    choices.check("dataset", self.dataset)
+    choices.check("train_set_variant", self.train_set_variant)
+    choices.check("val_set_variant", self.val_set_variant)
     _check(self.observed_negatives >= 0, f"--observed_negatives={self.observed_negatives} must be >= 0")
-    _check(self.backbone in BACKBONES, f"--backbone={self.backbone!r} is not one of {', '.join(BACKBONES)}")
+    choices.check("backbone", self.backbone)
     _check(self.epochs >= 1, f"--epochs={self.epochs} must be at least 1")
     _check(self.batch_size >= 1, f"--batch_size={self.batch_size} must be at least 1")
     _check(self.learning_rate > 0, f"--learning_rate={self.learning_rate} must be positive")
     _check(self.image_size >= 8, f"--image_size={self.image_size} must be at least 8")
     _check(self.patience >= 0, f"--patience={self.patience} must be >= 0")
     _check(0 < self.threshold < 1, f"threshold={self.threshold} must be in (0, 1)")
-    _check(self.strategy in STRATEGIES, f"--strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    _check(self.mixed_precision in MIXED_PRECISIONS,
-           f"--mixed_precision={self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
+    choices.check("strategy", self.strategy)
+    choices.check("mixed_precision", self.mixed_precision)
     _check(self.worker_timeout > 0, f"--worker_timeout={self.worker_timeout} must be positive (seconds)")
-    _check(self.head in HEADS, f"--head={self.head!r} is not one of {', '.join(HEADS)}")
+    choices.check("head", self.head)
     _check(self.boostlu_alpha >= 1, f"--boostlu_alpha={self.boostlu_alpha} must be at least 1")
     _check(self.head_lr_mult > 0, f"--head_lr_mult={self.head_lr_mult} must be positive")
-    _check(self.optimizer in OPTIMIZERS, f"--optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    choices.check("optimizer", self.optimizer)
     _check(0 <= self.momentum < 1, f"--momentum={self.momentum} must be in [0, 1)")
     _check(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0")
     _check(self.max_map_drop >= 0, f"--max_map_drop={self.max_map_drop} must be >= 0")
@@ -160,8 +153,7 @@ PRESETS = {
 
 def from_overrides(dataset, **overrides):
     """The preset of `dataset`, then its loss's protocol (methods.protocol), then every explicitly given value."""
-    if dataset not in PRESETS:
-        raise UsageError(f"--dataset={dataset!r} is not one of {', '.join(DATASETS)}")
+    choices.check("dataset", dataset)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise UsageError(f"unknown config fields: {', '.join(sorted(unknown))}")

@@ -48,7 +48,8 @@ def define_flags():
                          "0: keep the source files as they are.")
     flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "An image whose header declares more "
                          "pixels than this is a bad input (refused before it is decoded).")
-    flags.DEFINE_boolean("verbose", False, "On an error, also print the Python traceback.")
+    flags.DEFINE_boolean("verbose", False, "TensorFlow's own log lines and warnings, and on an error the Python "
+                         "traceback.")
 
 
 def config_from_flags():

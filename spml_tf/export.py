@@ -21,6 +21,8 @@ def define_flags():
     flags.DEFINE_float("serving_threshold", THRESHOLD, "Probability from which a class is in `labels`.")
     flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS, "Requests whose image header "
                          "declares more pixels than this fail (INVALID_ARGUMENT) before the image is decoded.")
+    flags.DEFINE_boolean("verbose", False, "TensorFlow's own log lines and warnings, and on an error the Python "
+                         "traceback.")
 
 
 def run():

@@ -22,6 +22,7 @@ def define_flags():
     flags.DEFINE_integer("top_k", None, "Print the k most probable classes instead of those above the threshold.")
     flags.DEFINE_integer("max_image_pixels", image_limits.DEFAULT_MAX_PIXELS,
                          "Refuse an image whose header declares more pixels than this, before decoding it.")
+    flags.DEFINE_boolean("verbose", False, "TensorFlow's own log lines and warnings.")
 
 
 def _main(argv):
@@ -57,8 +58,14 @@ def _main(argv):
 
 def main():
     """`spml-predict` and `python -m spml_tf.predict`."""
+    from spml_tf.core import quiet
+
+    program = cli.program_name("predict")
+    quiet.install(verbose=cli.verbose_asked(sys.argv))
+    before = set(flags.FLAGS)
     define_flags()
-    app.run(_main)
+    names = [name for name in flags.FLAGS if name not in before]
+    app.run(_main, flags_parser=cli.flags_parser(program, help_text=lambda: cli.flags_help(program, names)))
 
 
 if __name__ == "__main__":

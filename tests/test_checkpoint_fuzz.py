@@ -37,7 +37,7 @@ def run(tiny_digits_dir, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("fuzz") / "run"
     config = config_lib.from_overrides("digits", data_dir=tiny_digits_dir, model_dir=str(model_dir), epochs=2,
                                        warmup_epochs=1, patience=10, image_size=16, batch_size=32)
-    train.train_and_evaluate(config, log=lambda message: None, verbose=0)
+    train.train_and_evaluate(config, log=lambda message: None)
     saved = checkpoint.latest(str(model_dir))
     state = json.load(open(os.path.join(saved.path, checkpoint.STATE)))
     state["identity"]["config"]["epochs"] = 3  # as if the run had been asked for 3 epochs: it is mid-run
@@ -57,7 +57,7 @@ def resume_steps(tiny_digits_dir, run):
     trainer = train.build_trainer(config, splits, labels["train"], loss, placement, log=lambda message: None)
     identity = checkpoint.identity(config, splits.class_names, splits.train)
     callbacks, _ = train.make_callbacks(config, splits, labels, data, trainer, loss, str(run), identity, None,
-                                        log=lambda message: None, verbose=0)
+                                        log=lambda message: None)
     stateful = callbacks[-1].stateful
     assert sorted(stateful) == ["apl", "early_stopping", "history"]
 
@@ -236,7 +236,7 @@ def test_resuming_on_other_data_says_so_not_damaged(tiny_digits_dir, run, tmp_pa
     shutil.copytree(run, model_dir)
     with pytest.raises(UsageError, match=r"holds a checkpoint trained on other data \(160 training images there, "
                                          r"120 now\)\. Resume it with the --data_dir it was trained on"):
-        train.train_and_evaluate(_config(other, model_dir), log=lambda message: None, verbose=0)
+        train.train_and_evaluate(_config(other, model_dir), log=lambda message: None)
 
 
 @pytest.mark.slow

@@ -49,6 +49,7 @@ def test_usage_errors_exit_2_with_one_line(args, expected):
     assert "Traceback" not in result.stderr
     lines = _error_lines(result.stderr)
     assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert result.stderr.splitlines() == lines  # nothing else: TensorFlow's start-up lines are filtered
 
 
 def test_missing_data_dir_names_the_directory(tmp_path):

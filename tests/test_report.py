@@ -135,3 +135,116 @@ def test_charts_into_a_place_that_cannot_be_written_are_one_line(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(UsageError, match=r"cannot write the charts into .*afile/charts \(.*\); pass --out_dir="):
         report.render(str(run), str(tmp_path / "afile" / "charts"))
+
+
+@pytest.fixture
+def pyplot():
+    pyplot = report._pyplot()
+    yield pyplot
+    pyplot.close("all")
+
+
+def _history(epochs):
+    return [{"epoch": e, "loss": 1.0 - 0.1 * e + (0.3 if e >= 3 else 0.0), "val_map": 40.0 + e} for e in epochs]
+
+
+def _rounds(epochs, precision=True):
+    rounds, total = [], 0
+    for epoch in epochs:
+        new = 5000 if not rounds else 120
+        total += new
+        rounds.append({"epoch": epoch, "new_pseudo_negatives": new, "total_pseudo_negatives": total})
+        if precision:
+            rounds[-1].update(precision=97.0, total_precision=96.5)
+    return rounds
+
+
+def _apl_marks(axes):
+    """The vertical lines labelled as APL's start: their x."""
+    return [line.get_xdata()[0] for line in axes.get_lines()
+            if "APL" in line.get_label() and len(set(line.get_xdata())) == 1]
+
+
+def test_the_training_chart_marks_the_first_epoch_trained_with_apl_labels(pyplot):
+    figure = report._training_figure(pyplot, _history(range(1, 6)), 4, _rounds([2, 3, 4]))
+    loss_axes, map_axes = figure.axes
+    assert _apl_marks(loss_axes) == [3] and _apl_marks(map_axes) == [3]
+    assert [line.get_label() for line in loss_axes.get_lines() if "APL" in line.get_label()] == ["APL starts (epoch 3)"]
+    assert [text.get_text() for text in loss_axes.get_legend().get_texts()] == ["APL starts (epoch 3)"]
+    assert "best epoch 4" in [text.get_text() for text in map_axes.get_legend().get_texts()]
+    for rounds in ([], _rounds([5])):  # a run without APL, and one whose only round followed its last epoch
+        figure = report._training_figure(pyplot, _history(range(1, 6)), 4, rounds)
+        assert all(_apl_marks(axes) == [] for axes in figure.axes)
+        assert figure.axes[0].get_legend() is None
+
+
+def _figures(pyplot, results):
+    per_class = results["per_class_ap"]["test"]
+    return {"training": report._training_figure(pyplot, results["history"], results["best_epoch"],
+                                                results["apl_rounds"]),
+            "apl": report._apl_figure(pyplot, results["apl_rounds"]),
+            "per_class": report._per_class_figure(pyplot, per_class, "test")}
+
+
+def test_every_chart_names_its_axes(pyplot):
+    figures = _figures(pyplot, _results())
+    labels = {name: [(axes.get_xlabel(), axes.get_ylabel()) for axes in figure.axes]
+              for name, figure in figures.items()}
+    assert labels == {"training": [("epoch", "loss"), ("epoch", "mAP (%)")],
+                      "apl": [("epoch", "pseudo-negatives"), ("epoch", "precision (%)")],
+                      "per_class": [("AP (%)", "")]}
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2], [1, 2, 3]])
+def test_epoch_axes_show_whole_epochs(pyplot, epochs):
+    from matplotlib.ticker import MaxNLocator
+
+    results = _results()
+    results["history"] = _history(epochs)
+    results["best_epoch"] = epochs[-1]
+    results["apl_rounds"] = _rounds(epochs)
+    figures = _figures(pyplot, results)
+    for figure in (figures["training"], figures["apl"]):
+        figure.canvas.draw()
+        for axes in figure.axes:
+            assert isinstance(axes.xaxis.get_major_locator(), MaxNLocator)
+            low, high = axes.get_xlim()
+            shown = [tick for tick in axes.get_xticklabels() if low <= tick.get_position()[0] <= high]
+            assert shown and all(float(tick.get_position()[0]).is_integer() for tick in shown)
+            assert all(tick.get_text().isdigit() for tick in shown), [tick.get_text() for tick in shown]
+
+
+def test_bars_are_labelled_with_their_values(pyplot):
+    figures = _figures(pyplot, _results())
+    (axes,) = figures["per_class"].axes
+    assert [text.get_text() for text in axes.texts] == ["35.5", "35.5", "61.0", "80.0"]  # bird, dog, fish, cat
+    assert list(axes.containers[0].datavalues) == [35.5, 35.5, 61.0, 80.0]
+    count_axes = report._apl_figure(pyplot, _rounds([1, 2, 3])).axes[0]
+    assert [text.get_text() for text in count_axes.texts] == ["5,000", "120", "120"]
+    assert list(count_axes.containers[0].datavalues) == [5000, 120, 120]
+
+
+def _overlap(one, other):
+    """Whether two display boxes share more than an edge."""
+    return one.x0 < other.x1 and other.x0 < one.x1 and one.y0 < other.y1 and other.y0 < one.y1
+
+
+def test_legends_cover_no_plot_nor_its_labels(pyplot):
+    results = _results()
+    results["history"] = _history(range(1, 6))
+    results["apl_rounds"] = _rounds([2, 3, 4])
+    figures = _figures(pyplot, results)
+    legends = 0
+    for name, figure in figures.items():
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        for axes in figure.axes:
+            if axes.get_legend() is None:
+                continue
+            legends += 1
+            box = axes.get_legend().get_window_extent(renderer)
+            for other in figure.axes:
+                covered = [other.get_window_extent(renderer), other.xaxis.get_tightbbox(renderer),
+                           other.yaxis.get_tightbbox(renderer), other.title.get_window_extent(renderer)]
+                assert not any(_overlap(box, part) for part in covered if part is not None), name
+    assert legends == 4  # loss, mAP, pseudo-negatives and their precision

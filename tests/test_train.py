@@ -162,7 +162,7 @@ def test_make_callbacks_orders_them_and_hands_the_stateful_ones_to_the_checkpoin
     data = train.make_datasets(config, splits, loss, 0, placement)
     trainer = train.build_trainer(config, splits, labels["train"], loss, placement, log=lambda line: None)
     callbacks, summary = train.make_callbacks(config, splits, labels, data, trainer, loss, str(tmp_path),
-                                              run_identity={}, resumed=None, log=lambda line: None, verbose=0)
+                                              run_identity={}, resumed=None, log=lambda line: None)
     kinds = [type(callback).__name__ for callback in callbacks]
     assert kinds == ["ValidationMAP", "APLCallback", "StopOnNaN", "ResumableEarlyStopping", "TensorBoard",
                      "EpochSummary", "Checkpointing"]

@@ -1,5 +1,6 @@
 """The kinds of error a user can act on, the exit code each maps to, and the one line that shows one."""
 
+import difflib
 import re
 
 
@@ -41,3 +42,9 @@ def reason(error):
         if line and not line.startswith(("Graph execution error", "Detected at node", "File ")):
             return line
     return type(error).__name__
+
+
+def did_you_mean(value, known):
+    """ "; did you mean 'voc'?" when one of the `known` names is close to `value`, else ""."""
+    close = difflib.get_close_matches(str(value).lower(), list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -35,13 +35,13 @@ class Progress:
         percent = 100.0 * self.done / self.total if self.total else 100.0
         left = (self.total - self.done) / rate if rate > 0 else 0.0
         return (f"{self.label}: {self.done:,}/{self.total:,} ({percent:.0f}%)  {rate:,.0f} {self.unit}/s  "
-                f"{_clock(left)} left")
+                f"{clock(left)} left")
 
     def _print(self, now, end):
         self.stream.write(self.line(now) + end)
         self.stream.flush()
 
 
-def _clock(seconds):
+def clock(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

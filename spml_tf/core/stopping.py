@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 
+from spml_tf.core import quiet
+
 GRACE_SECONDS = 10.0
 # What a stopped command says after "stopped by SIGTERM": a run's checkpoints and a conversion's shards are whole.
 RESUME_HINT = "what was saved stays: run the same command to continue"
@@ -81,4 +83,5 @@ def _exit_now(code):
             stream.flush()
         except (OSError, ValueError):
             pass
+    quiet.drain()  # the filtered lines still in the pipe, passed on
     os._exit(code)

@@ -84,7 +84,9 @@ def read_source(config, log=print):
 
     class_names = formatted.read_class_names(config.classes) if config.classes else None
     if config.dataset in ("voc", "coco", "nuswide", "cub") and not config.download:
-        source.require_dir(config.raw_dir, "--raw_dir", f"the extracted {config.dataset} release")
+        hint = ("; or add --download to fetch it there" if config.dataset in DOWNLOADABLE
+                else f"; download CUB_200_2011.tgz from {CUB_URL} and extract it" if config.dataset == "cub" else "")
+        source.require_dir(config.raw_dir, "--raw_dir", f"the extracted {config.dataset} release{hint}")
     if config.download:
         fetch_release(config, log)
     if config.dataset == "voc":

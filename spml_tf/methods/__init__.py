@@ -10,7 +10,7 @@ new module and one entry in FAMILIES below (docs/method.md, "Adding a method").
 Imports spml_tf.core only (and Keras, TensorFlow, NumPy): never data, nets or training.
 """
 
-from spml_tf.core.errors import UsageError
+from spml_tf.core.errors import UsageError, did_you_mean
 from spml_tf.methods import cole, em, gr, ll
 from spml_tf.methods.base import (EpochSchedule, Hyperparameter, LabelBankLoss, SPMLLoss, TrainingContext,
                                   global_mean)
@@ -45,7 +45,7 @@ def protocol(loss, head, dataset):
 def lookup(name):
     """The loss class called `name`; UsageError naming the known ones otherwise."""
     if name not in LOSSES:
-        raise UsageError(f"--loss={name!r} is not one of {', '.join(LOSSES)}")
+        raise UsageError(f"--loss={name!r} is not one of {', '.join(LOSSES)}{did_you_mean(name, LOSSES)}")
     return LOSSES[name]
 
 

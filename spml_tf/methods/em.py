@@ -57,8 +57,10 @@ class EntropyMaximization(SPMLLoss):
 
 def check_apl_warmup(config):
     if config.warmup_epochs >= config.epochs:
+        fix = (f"add --warmup_epochs={config.epochs - 1}" if config.epochs >= 2
+               else f"use --loss={config.loss.removesuffix('_apl')} (no APL) or --epochs=2 --warmup_epochs=1")
         raise UsageError(f"--warmup_epochs={config.warmup_epochs} must be smaller than --epochs={config.epochs} "
-                         f"with --loss={config.loss}, or APL never runs")
+                         f"with --loss={config.loss}, or APL never runs: {fix}")
 
 
 def apl_callback(context):

@@ -73,7 +73,7 @@ class EpochSummary(keras.callbacks.Callback):
         self.records = list(state["records"])
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
+        record = {"epoch": epoch + 1, **{key: _number(key, value) for key, value in (logs or {}).items()}}
         self.records.append(record)
         best = max(self.records, key=lambda r: r.get("val_map", -1.0))
         line = f"epoch {epoch + 1}/{self.num_epochs}: loss {record.get('loss', float('nan')):.4f}"
@@ -85,6 +85,12 @@ class EpochSummary(keras.callbacks.Callback):
             if "apl_precision" in record:
                 line += f", {record['apl_precision']:.2f}% true negatives"
         self.log(line)
+
+
+def _number(key, value):
+    """A log's value as JSON keeps it: counts (APL's pseudo-negatives) as ints, the rest as floats."""
+    value = float(value)
+    return int(value) if key.startswith("apl_") and key.endswith("_pseudo_negatives") and value.is_integer() else value
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

@@ -13,7 +13,7 @@ from spml_tf import methods as losses
 from spml_tf.core import files
 from spml_tf.data import datasets, pipeline
 from spml_tf.nets import models
-from spml_tf.training import checkpoint, distribute, evaluation, metrics, optimizers, run_dir
+from spml_tf.training import checkpoint, distribute, evaluation, fit_progress, metrics, optimizers, run_dir
 from spml_tf.core.errors import TrainingError, UsageError, reason
 from spml_tf.training.label_bank import LabelBank
 
@@ -32,11 +32,13 @@ def default_model_dir(config):
     return os.path.join(base, "runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def train_and_evaluate(config, log=print, verbose=1, per_class=False):
+def train_and_evaluate(config, log=print, verbose=1, per_class=False, progress="auto", log_every_steps=None):
     """Trains `config`, selects the epoch with the best validation mAP and returns the results dict.
 
-    Prints the metrics at the best epoch and the ten classes with the lowest
-    test AP (every class with `per_class`).
+    Prints a line per epoch, the metrics at the best epoch and the ten classes
+    with the lowest test AP (every class with `per_class`). `progress` is how
+    the steps of an epoch show (fit_progress: auto, bar, lines or none;
+    verbose=0 is none), `log_every_steps` the steps between two lines of `lines`.
 
     Writes results.json, the best weights, the final model and TensorBoard logs
     under config.model_dir (a fresh directory under runs/ when empty; any
@@ -52,7 +54,9 @@ def train_and_evaluate(config, log=print, verbose=1, per_class=False):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
     try:
-        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, verbose, per_class)
+        shown = fit_progress.FitProgress(progress if verbose else "none", config.epochs, config.batch_size,
+                                         log_every_steps)
+        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, shown, per_class)
     except distribute.LOST_WORKER_ERRORS as error:
         if placement.num_workers == 1:
             raise
@@ -61,7 +65,7 @@ def train_and_evaluate(config, log=print, verbose=1, per_class=False):
         keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
 
 
-def _run(config, placement, model_dir, log, verbose, per_class):
+def _run(config, placement, model_dir, log, shown, per_class):
     """Every step, under the precision policy, in the locked run directory."""
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
@@ -78,13 +82,13 @@ def _run(config, placement, model_dir, log, verbose, per_class):
         log(_describe(config, splits, placement))
         trainer = build_trainer(config, splits, labels["train"], loss, placement, log)
         callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
-                                            resumed, log, verbose)
+                                            resumed, log, shown)
         if resumed:  # every part of the checkpoint was checked (make_callbacks: the callbacks' states) before this
             with placement.strategy.scope():
                 resumed.restore_model(trainer.training_model, trainer.bank)
             log(f"Resuming {model_dir} after epoch {resumed.epoch}"
                 + (" (early stopping had ended it)" if resumed.finished else ""))
-        fit(trainer, data, callbacks, config, first_epoch, splits, verbose)
+        fit(trainer, data, callbacks, config, first_epoch, splits)
         results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
         save_run(model_dir, trainer, results)
     log(format_results(results, per_class))
@@ -164,7 +168,7 @@ def build_trainer(config, splits, train_labels, loss, placement, log=print):
 
 
 def make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity, resumed, log=print,
-                   verbose=1):
+                   progress=None):
     """The callbacks of `fit`, in order, and the EpochSummary among them.
 
     Validation mAP first (early stopping and checkpointing read it), then the
@@ -181,8 +185,8 @@ def make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_i
         evaluation.ResumableEarlyStopping(config.patience, config.max_map_drop),
         keras.callbacks.TensorBoard(files.join(model_dir, run_dir.TENSORBOARD), write_graph=False),
     ]
-    if verbose:  # placed before the summary, so the progress bar ends its line first
-        callbacks.append(keras.callbacks.ProgbarLogger())
+    if progress is not None:  # placed before the summary, so the progress bar is cleared before its line
+        callbacks.append(progress)
     callbacks.append(summary)
     stateful = {callback.state_key: callback for callback in callbacks if hasattr(callback, "state_key")}
     if resumed:
@@ -199,11 +203,11 @@ def _validation_targets(config, val_labels):
 # --- Fit, evaluate, save ---------------------------------------------------------------------------------------------
 
 
-def fit(trainer, data, callbacks, config, first_epoch, splits, verbose=1):
+def fit(trainer, data, callbacks, config, first_epoch, splits):
     """model.fit over the remaining epochs; a damaged shard or an image that does not decode is named."""
     try:
         trainer.training_model.fit(data.train, epochs=config.epochs, initial_epoch=first_epoch, callbacks=callbacks,
-                                   verbose=verbose, shuffle=False,
+                                   verbose=0, shuffle=False,
                                    steps_per_epoch=pipeline.batches_per_epoch(splits.train, config.batch_size))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         raise pipeline.explain_read_error(splits.train, error, splits.repair_hint) from None
@@ -223,6 +227,8 @@ def evaluate_best_epoch(config, splits, labels, data, trainer, summary, callback
                                                                      config.threshold)
     val_metrics, val_per_class = metrics.evaluate_with_classes(val_truth, val_probs, names, config.threshold)
     results = {
+        # The method as the README, --loss and the benchmarks name it (spml_tf/choices.py): em_apl, em_apl+boostlu.
+        "method": config.loss if config.head == "linear" else f"{config.loss}+{config.head}",
         "config": dataclasses.asdict(config),
         "class_names": names,
         "history": summary.records,
