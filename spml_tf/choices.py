@@ -15,13 +15,15 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 HEADS = ("linear", "boostlu")
 OPTIMIZERS = ("adam", "sgd")
-LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl", "ll_r", "ll_ct", "ll_cp", "gr", "gr_apl")
+LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl", "ll_r", "ll_ct", "ll_cp", "gr", "gr_apl",
+          "vlpl", "aevlp")
 PROGRESS = ("auto", "bar", "lines", "none")
+VL_POSITIVES = ("auto", "none", "vlpl", "aevlp")
 
 # The flags whose value is one of a list, by flag name.
 CHOICES = {"dataset": DATASETS, "train_set_variant": LABEL_VARIANTS, "val_set_variant": LABEL_VARIANTS,
            "backbone": BACKBONES, "strategy": STRATEGIES, "mixed_precision": MIXED_PRECISIONS, "head": HEADS,
-           "optimizer": OPTIMIZERS, "loss": LOSSES, "progress": PROGRESS}
+           "optimizer": OPTIMIZERS, "loss": LOSSES, "progress": PROGRESS, "vl_positives": VL_POSITIVES}
 
 
 def check(flag, value, known=None):

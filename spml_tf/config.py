@@ -50,7 +50,9 @@ _RUN_FIELDS = (
     ("optimizer", str, "adam"),  # torch's Adam; "sgd": torch's SGD with momentum and (coupled) weight decay
     ("momentum", float, 0.9),  # sgd only
     ("weight_decay", float, 0.0),  # sgd only, as torch adds it to the gradient
-    ("max_map_drop", float, 0.0),  # > 0: stop when val mAP falls more than this below its best (patience unused)
+    ("max_map_drop", float, 0.0),  # > 0: also stop when val mAP falls more than this below its best
+    ("vl_positives", str, "auto"),  # CLIP's pseudo-positives: auto (the loss's own rule, or none), none, vlpl, aevlp
+    ("vl_scores", str, ""),  # "" = the one directory under <data_dir>/vl_scores (spml-vl-scores writes it)
 )
 # The order of the fields, and so of results.json's "config", as earlier versions wrote it (files compare line
 # by line across versions); a method's new hyper-parameter comes after these.
@@ -94,6 +96,7 @@ def _post_init(self):
     _check(self.boostlu_alpha >= 1, f"--boostlu_alpha={self.boostlu_alpha} must be at least 1")
     _check(self.head_lr_mult > 0, f"--head_lr_mult={self.head_lr_mult} must be positive")
     choices.check("optimizer", self.optimizer)
+    choices.check("vl_positives", self.vl_positives)
     _check(0 <= self.momentum < 1, f"--momentum={self.momentum} must be in [0, 1)")
     _check(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0")
     _check(self.max_map_drop >= 0, f"--max_map_drop={self.max_map_drop} must be >= 0")

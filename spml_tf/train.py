@@ -24,7 +24,7 @@ GROUPS = (
     ("data", ("dataset", "data_dir", "observed_negatives", "train_set_variant", "val_set_variant", "image_size",
               "random_flip")),
     ("network", ("backbone", "weights", "freeze_backbone", "head", "boostlu_alpha")),
-    ("method", ("loss",)),
+    ("method", ("loss", "vl_positives", "vl_scores")),
     ("optimisation", ("epochs", "batch_size", "learning_rate", "head_lr_mult", "optimizer", "momentum",
                       "weight_decay", "patience", "max_map_drop", "seed", "deterministic")),
     ("scale", ("strategy", "mixed_precision", "jit_compile", "worker_timeout")),
@@ -82,8 +82,8 @@ def define_run_flags():
     define_choice("optimizer", None, "adam, or sgd (torch's: momentum, weight decay added to the gradient).")
     flags.DEFINE_float("momentum", None, "sgd: momentum.")
     flags.DEFINE_float("weight_decay", None, "sgd: weight decay (torch's coupled L2).")
-    flags.DEFINE_float("max_map_drop", None, "> 0: stop when val mAP falls more than this below its best (LL: 3, "
-                       "GR: 2); --patience is then unused.")
+    flags.DEFINE_float("max_map_drop", None, "> 0: also stop when val mAP falls more than this below its best (LL: "
+                       "3, GR: 2, AEVLP: 2): whichever of it and --patience comes first.")
     flags.DEFINE_boolean("verbose", False, "TensorFlow's own log lines and warnings, and on an error the Python "
                          "traceback.")
     flags.DEFINE_boolean("per_class", False, "At the end, print every class's AP (default: the ten worst on test).")
@@ -92,6 +92,11 @@ def define_run_flags():
                   "else lines.")
     flags.DEFINE_integer("log_every_steps", None, "--progress=lines: a line every this many steps within an epoch "
                          "(default: about one a minute).")
+    define_choice("vl_positives", None, "CLIP's pseudo-positives, by VLPL's or AEVLP's rule from the scores "
+                  "spml-vl-scores made: auto is the loss's own rule (--loss=vlpl, aevlp) and none for the others; any "
+                  "other loss takes them as positives.")
+    flags.DEFINE_string("vl_scores", None, "Directory of spml-vl-scores' output (default: the one under "
+                        "<data_dir>/vl_scores).")
     flags.DEFINE_boolean("print_config", False, "Print the run's resolved configuration as JSON and exit.")
     flags.DEFINE_string("export_dir", None, "After training, export a SavedModel for TF Serving under this base path.")
     flags.DEFINE_float("serving_threshold", THRESHOLD, "Exported model: probability from which a class is in `labels`.")

@@ -28,7 +28,7 @@ def train(*args, cwd=ROOT):
 
 @pytest.mark.parametrize("args, line", [
     (["--loss=emapl"], "train_main.py: error: --loss='emapl' is not one of full, an, an_ls, wan, epr, role, em, "
-                       "em_apl, ll_r, ll_ct, ll_cp, gr, gr_apl; did you mean 'em_apl'?"),
+                       "em_apl, ll_r, ll_ct, ll_cp, gr, gr_apl, vlpl, aevlp; did you mean 'em_apl'?"),
     (["--dataset=vocc"], "train_main.py: error: --dataset='vocc' is not one of digits, voc, coco, nuswide, cub, "
                          "custom; did you mean 'voc'?"),
     (["--backbone=resnet_50"], "train_main.py: error: --backbone='resnet_50' is not one of resnet50, "

@@ -36,7 +36,7 @@ CASES = {
 }
 # The methods after the paper: their NumPy statements and tests are in test_methods.py.
 METHOD_CASES = {"ll_r": {"ll_delta": 0.2}, "ll_ct": {"ll_delta": 0.2}, "ll_cp": {"ll_delta": 0.1}, "gr": {},
-                "gr_apl": {"beta": BETA}}
+                "gr_apl": {"beta": BETA}, "vlpl": {"alpha": ALPHA}, "aevlp": {}}
 
 
 # --- The independent NumPy statement -------------------------------------------------
@@ -714,7 +714,7 @@ def test_every_loss_declares_what_training_needs():
         assert loss.needs_example_index() == (name == "role")
         kinds = ([type(callback).__name__ for callback in loss.callbacks(context)]
                  if name not in ("em_apl", "gr_apl") else None)  # APL needs a real bank and data
-        if name in ("ll_r", "ll_ct", "gr"):
+        if name in ("ll_r", "ll_ct", "gr", "aevlp"):
             assert kinds == ["EpochSchedule"]
         elif name == "ll_cp":
             assert kinds == ["EpochSchedule", "PermanentCorrections"]

@@ -1,4 +1,4 @@
-"""The wheel: only the package, the requirements of requirements.txt, and the five commands."""
+"""The wheel: only the package, the requirements of requirements.txt, its extras, and the six commands."""
 
 import glob
 import os
@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {"spml-train": "spml_tf.train:main", "spml-convert": "spml_tf.convert:main",
             "spml-export": "spml_tf.export:main", "spml-predict": "spml_tf.predict:main",
-            "spml-report": "spml_tf.report:main"}
+            "spml-report": "spml_tf.report:main", "spml-vl-scores": "spml_tf.vl_scores:main"}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def wheel(tmp_path_factory):
     # Built from a copy (the build writes its scratch beside the sources), without build isolation: the
     # environment's setuptools builds it, with no download.
     for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt",
-                 "requirements-report.txt"):
+                 "requirements-report.txt", "requirements-clip.txt"):
         shutil.copy(os.path.join(ROOT, name), source)
     shutil.copytree(os.path.join(ROOT, "spml_tf"), source / "spml_tf",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -64,11 +64,14 @@ def test_requires_what_requirements_txt_pins(wheel):
 
     assert {normalised(r) for r in runtime} == {normalised(r) for r in _requirements("requirements.txt")}
     assert "Provides-Extra: dev" in metadata and "Provides-Extra: report" in metadata
+    assert "Provides-Extra: clip" in metadata
+    for requirement in _requirements("requirements-clip.txt"):
+        assert f"Requires-Dist: {requirement}; extra == \"clip\"" in metadata
 
 
 def test_declares_the_commands(wheel):
     entry_points = _dist_info(wheel, "entry_points.txt")
-    declared = dict(re.findall(r"^(spml-\w+) = (\S+)$", entry_points, re.M))
+    declared = dict(re.findall(r"^(spml-[\w-]+) = (\S+)$", entry_points, re.M))
     assert declared == COMMANDS
     for target in COMMANDS.values():  # each names a function that exists
         module, function = target.split(":")

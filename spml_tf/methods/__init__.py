@@ -1,6 +1,6 @@
 """The methods: each family of losses is one module, and this registry lists them.
 
-A family module (cole.py, em.py, ll.py, gr.py) holds its Loss classes (base.SPMLLoss), its callbacks, its
+A family module (cole.py, em.py, ll.py, gr.py, vl.py) holds its Loss classes (base.SPMLLoss), its callbacks, its
 `HYPERPARAMETERS` (base.Hyperparameter: each a Config field and a `--<name>` flag of the training command,
 with its help, its check and its per-dataset values) and, where its authors fix one, `protocol(loss, head,
 dataset)`: the settings their code trains with on the paper's datasets, each value beside the file it comes
@@ -11,7 +11,7 @@ Imports spml_tf.core only (and Keras, TensorFlow, NumPy): never data, nets or tr
 """
 
 from spml_tf.core.errors import UsageError, did_you_mean
-from spml_tf.methods import cole, em, gr, ll
+from spml_tf.methods import cole, em, gr, ll, vl
 from spml_tf.methods.base import (EpochSchedule, Hyperparameter, LabelBankLoss, SPMLLoss, TrainingContext,
                                   global_mean)
 from spml_tf.methods.cole import (AssumeNegative, ExpectedPositiveRegularization, FullLabels, LabelSmoothing,
@@ -20,8 +20,10 @@ from spml_tf.methods.em import EntropyMaximization, EntropyMaximizationAPL
 from spml_tf.methods.gr import GeneralizedRobust, GeneralizedRobustAPL, gr_schedule
 from spml_tf.methods.ll import (LargeLossCorrectionPermanent, LargeLossCorrectionTemporary, LargeLossRejection,
                                 ll_rejection_rate)
+from spml_tf.methods.vl import (GeneralizedPseudoLabelRobust, VisionLanguagePseudoLabels, aevlp_positives,
+                                positives_for, vlpl_positives)
 
-FAMILIES = (cole, em, ll, gr)  # the one list to extend
+FAMILIES = (cole, em, ll, gr, vl)  # the one list to extend
 PAPER_DATASETS = ("voc", "coco", "nuswide", "cub")  # where the authors' protocols apply
 
 # Every loss, by its --loss name, in the families' order.

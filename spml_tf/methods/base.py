@@ -111,6 +111,8 @@ class SPMLLoss(keras.losses.Loss):
     key = None  # the name of --loss
     hyperparameters = ()  # Config fields passed to __init__, by name
     uses_full_labels = False  # trains on the full training labels (the oracle), not the observed ones
+    takes_positives = False  # has call_with_positives: its own term for CLIP pseudo-positives (methods/vl.py)
+    positives_rule = None  # the pseudo-positive rule of its authors ("vlpl", "aevlp"), if any
 
     def __init__(self, name, **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
@@ -201,13 +203,29 @@ class LabelBankLoss(keras.losses.Loss):
     bank's current values after an APL round, also with `.repeat()`, `.cache()`
     or prefetching. Keras converts `y_true` to float32 before `call`; indices
     are exact in float32 below 2**24, which LabelBank checks.
+
+    `positives` (optional, float32 N x C, 1 = a CLIP pseudo-positive; methods/vl.py) is gathered by the same
+    index. A loss that `takes_positives` gets them through `call_with_positives`; any other loss sees each
+    pseudo-positive on an unannotated entry (0, or an APL -s) as a positive label (1) of its own.
     """
 
-    def __init__(self, loss, bank, **kwargs):
+    def __init__(self, loss, bank, positives=None, **kwargs):
         super().__init__(name=loss.name, dtype="float32", **kwargs)
         self.loss = loss
         self.bank = bank
+        if positives is not None and not isinstance(positives, (tf.Variable, tf.Tensor)):
+            positives = tf.constant(positives, tf.float32)
+        if positives is not None and tuple(positives.shape) != bank.shape:
+            raise ValueError(f"positives have shape {tuple(positives.shape)}, the label bank {bank.shape}")
+        self.positives = positives
 
     def call(self, y_true, y_pred):
         labels = self.bank.lookup(y_true)
+        if self.positives is None:
+            return global_mean(self.loss.call_on_bank(labels, y_pred, y_true))
+        positives = tf.gather(self.positives, tf.cast(tf.reshape(y_true, [-1]), tf.int32))
+        if self.loss.takes_positives:
+            return global_mean(self.loss.call_with_positives(labels, y_pred, positives))
+        unannotated = (labels > -1.0) & (labels < 1.0)
+        labels = tf.where((positives > 0.0) & unannotated, 1.0, labels)
         return global_mean(self.loss.call_on_bank(labels, y_pred, y_true))

@@ -24,7 +24,7 @@ HYPERPARAMETERS = (
 # #4 (the code has no per-dataset values): VOC SGD 5e-3 (momentum 0.9, weight decay 1e-3: config.py / train.py),
 # COCO and NUS-WIDE Adam 1e-5, CUB Adam 7.5e-5; delta R / Ct / Cp: VOC 0.2 / 0.2 / 0.1, COCO and NUS-WIDE
 # 0.4 / 0.2 / 0.2, CUB 0.4 / 0.4 / 0.2.
-_LL = dict(batch_size=16, epochs=10, head_lr_mult=10.0, max_map_drop=3.0)
+_LL = dict(batch_size=16, epochs=10, head_lr_mult=10.0, max_map_drop=3.0, patience=10)  # no patience rule
 _LL_DATA = {
     "voc": dict(optimizer="sgd", learning_rate=5e-3, momentum=0.9, weight_decay=1e-3),
     "coco": dict(learning_rate=1e-5),

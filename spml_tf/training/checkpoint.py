@@ -37,7 +37,7 @@ STATE = "state.json"
 WEIGHTS = "trainer.weights.h5"
 BANK = "label_bank.npy"
 # What may change between a run and its resumption (a resumed run may have lost a GPU); the rest must match.
-MAY_DIFFER = ("model_dir", "data_dir", "strategy", "jit_compile", "worker_timeout")  # where and how fast, not what
+MAY_DIFFER = ("model_dir", "data_dir", "vl_scores", "strategy", "jit_compile", "worker_timeout")  # where and how fast, not what
 
 
 def identity(config, class_names, train_manifest=None):

@@ -100,10 +100,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     state_key = "early_stopping"
 
     def __init__(self, patience, max_map_drop=0.0):
-        """Stops after `patience` epochs without improvement; or, with `max_map_drop` > 0 (the rule of the LL and
-        GR authors' code), at the first epoch whose val mAP is more than `max_map_drop` below the best so far."""
+        """Stops after `patience` epochs without improvement and, with `max_map_drop` > 0 (the rule of the LL, GR
+        and AEVLP authors' code), also at the first epoch whose val mAP is more than `max_map_drop` below the best
+        so far: whichever comes first (LL's and GR's protocols set a patience of their epochs: the drop alone)."""
         self.max_map_drop = float(max_map_drop)
-        patience = 2**31 - 1 if self.max_map_drop > 0 else patience
         super().__init__(monitor="val_map", mode="max", patience=patience, restore_best_weights=True, verbose=0)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -13,7 +13,8 @@ from spml_tf import methods as losses
 from spml_tf.core import files
 from spml_tf.data import datasets, pipeline
 from spml_tf.nets import models
-from spml_tf.training import checkpoint, distribute, evaluation, fit_progress, metrics, optimizers, run_dir
+from spml_tf.training import (checkpoint, distribute, evaluation, fit_progress, metrics, optimizers, run_dir,
+                              vl_positives)
 from spml_tf.core.errors import TrainingError, UsageError, reason
 from spml_tf.training.label_bank import LabelBank
 
@@ -32,13 +33,16 @@ def default_model_dir(config):
     return os.path.join(base, "runs", f"{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def train_and_evaluate(config, log=print, verbose=1, per_class=False, progress="auto", log_every_steps=None):
+def train_and_evaluate(config, log=print, verbose=1, per_class=False, progress="auto", log_every_steps=None,
+                       positives=None):
     """Trains `config`, selects the epoch with the best validation mAP and returns the results dict.
 
     Prints a line per epoch, the metrics at the best epoch and the ten classes
     with the lowest test AP (every class with `per_class`). `progress` is how
     the steps of an epoch show (fit_progress: auto, bar, lines or none;
     verbose=0 is none), `log_every_steps` the steps between two lines of `lines`.
+    `positives` ([N, C] of 0/1) stands in for CLIP's pseudo-positives of
+    --vl_positives (bench/quality.py's simulated scorer, vl_positives.load).
 
     Writes results.json, the best weights, the final model and TensorBoard logs
     under config.model_dir (a fresh directory under runs/ when empty; any
@@ -56,7 +60,8 @@ def train_and_evaluate(config, log=print, verbose=1, per_class=False, progress="
     try:
         shown = fit_progress.FitProgress(progress if verbose else "none", config.epochs, config.batch_size,
                                          log_every_steps)
-        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, shown, per_class)
+        return _run(config, placement, run_dir.of_worker(config.model_dir, placement), log, shown, per_class,
+                    positives)
     except distribute.LOST_WORKER_ERRORS as error:
         if placement.num_workers == 1:
             raise
@@ -65,7 +70,7 @@ def train_and_evaluate(config, log=print, verbose=1, per_class=False, progress="
         keras.mixed_precision.set_global_policy(policy)  # the policy is global: leave it as it was
 
 
-def _run(config, placement, model_dir, log, shown, per_class):
+def _run(config, placement, model_dir, log, shown, per_class, positives):
     """Every step, under the precision policy, in the locked run directory."""
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
@@ -80,7 +85,8 @@ def _run(config, placement, model_dir, log, shown, per_class):
         loss = losses.for_config(config)
         data = make_datasets(config, splits, loss, first_epoch, placement)
         log(_describe(config, splits, placement))
-        trainer = build_trainer(config, splits, labels["train"], loss, placement, log)
+        positives, vl_summary = vl_positives.load(config, type(loss), splits, labels["train"], positives, log)
+        trainer = build_trainer(config, splits, labels["train"], loss, placement, log, positives)
         callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
                                             resumed, log, shown)
         if resumed:  # every part of the checkpoint was checked (make_callbacks: the callbacks' states) before this
@@ -90,6 +96,8 @@ def _run(config, placement, model_dir, log, shown, per_class):
                 + (" (early stopping had ended it)" if resumed.finished else ""))
         fit(trainer, data, callbacks, config, first_epoch, splits)
         results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
+        if vl_summary:
+            results["vl_positives"] = vl_summary
         save_run(model_dir, trainer, results)
     log(format_results(results, per_class))
     log(f"Results, best weights and TensorBoard logs are in {model_dir}")
@@ -146,7 +154,7 @@ class Trainer:
     predictor: evaluation.Predictor  # the classifier's probabilities on a dataset, in example order
 
 
-def build_trainer(config, splits, train_labels, loss, placement, log=print):
+def build_trainer(config, splits, train_labels, loss, placement, log=print, positives=None):
     """The classifier, the model fit trains, and the label bank, compiled, in the strategy's scope.
 
     The oracle (and --train_set_variant=clean) trains on full labels, every
@@ -159,7 +167,9 @@ def build_trainer(config, splits, train_labels, loss, placement, log=print):
         bank = LabelBank(train_labels.full if clean else train_labels.observed)
         loss.attach(bank)  # a loss's own variables (LL-Cp's corrections) live in the scope too
         training_model = loss.training_model(model, train_labels.observed, config.seed)
-        training_model.compile(optimizer=make_optimizer(config), loss=losses.LabelBankLoss(loss, bank),
+        # CLIP's pseudo-positives (vl_positives.py), read by example index at step time as the bank is.
+        positives = None if positives is None else tf.constant(positives, tf.float32)
+        training_model.compile(optimizer=make_optimizer(config), loss=losses.LabelBankLoss(loss, bank, positives),
                                jit_compile=config.jit_compile)
         return Trainer(model, training_model, bank, evaluation.Predictor(model))
 

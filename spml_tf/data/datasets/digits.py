@@ -41,7 +41,7 @@ LOCK = ".lock"  # held while building, so two runs never build into the same dir
 BUILD_WAIT_SECONDS = 600  # a build takes about 20 s; waiting longer for another process's means it is stuck
 VERSION_FILE = "VERSION"  # written last: a directory with the current VERSION holds a complete build
 IMAGES = "images"  # the mosaics as PNG files, which the converter's shard writer reads
-OWN_ENTRIES = ("train", "val", "test", IMAGES, VERSION_FILE, MARK, LOCK)
+OWN_ENTRIES = ("train", "val", "test", IMAGES, VERSION_FILE, MARK, LOCK, "vl_scores")  # spml-vl-scores' too
 _LEGACY_VERSION = re.compile(r"\d+ observed_negatives=\d+")  # a build made before MARK existed
 
 
