@@ -1,12 +1,16 @@
 """Training-step throughput: the trainer's real step, against the original code's PyTorch step on the same machine.
 
-    python bench/train_step.py [--backbone=resnet50] [--image_size=224] [--batch_size=8] [--steps=10]
+    python bench/train_step.py [--backbone=resnet50|keras_resnet50|small_cnn|hub:<preset>] [--image_size=224]
+                               [--batch_size=8] [--steps=10]
                                [--variants=fit,fit_bare,jit,spe4,bf16,shards] [--output=bench/results/train_step.json]
 
 Ours is built as a run builds it (`train.build_trainer`: the model of --backbone
 without pretrained weights, the label bank, the loss of --loss over it, the
 optimizer of the config, compiled) and trained with `model.fit` on global
-batches of --batch_size, one device. Variants:
+batches of --batch_size, one device. --backbone=hub:<preset> takes any KerasHub
+image backbone as a run does (spml_tf/nets/hub.py; random weights, as
+--weights=none; bench/hub_presets.py writes local presets of the published
+geometries). Variants:
 
   fit        data from memory (the same batch of random images, repeated), the
              per-step callbacks a run has (StopOnNaN and the progress bar)
@@ -20,7 +24,14 @@ batches of --batch_size, one device. Variants:
 
 Each variant trains --warmup steps untimed (tracing, allocation), then
 --steps timed steps in a second `fit` call, --repeats times; the median
-images/s is reported. When torch and torchvision are importable, the
+images/s is reported. Whole-fit timing includes the end of each fit call, which
+can wait for tf.data's autotune thread (10 ms, doubling: figures snap to 10.23 /
+20.47 / 40.95 s, issue #27), so each row also has a per-step figure: a callback
+records time.perf_counter() at every on_train_batch_end of the timed calls, and
+`step_seconds_median` is the median batch-end-to-batch-end interval (steps 2..N
+of each call, per step: spe4's four-step calls are divided by four), with
+`images_per_second_from_steps` = --batch_size / it. os.getloadavg() is recorded
+beside each variant (the machine may be shared). When torch and torchvision are importable, the
 original code's step is timed in the same process the same way: torchvision's
 resnet50 (no weights) in train mode, the original EM loss (losses.py of
 Correr-Zhou/SPML-AckTheUnknown: -log(p + 1e-5) on positives, -alpha H(p) on
@@ -50,7 +61,10 @@ from bench.synthetic import make_jpegs, write_files, write_shards  # noqa: E402
 VARIANTS = ("fit", "fit_bare", "jit", "spe4", "bf16", "shards")
 NUM_CLASSES = 20
 
-flags.DEFINE_enum("backbone", "resnet50", ("resnet50", "keras_resnet50", "small_cnn"), "The network.")
+BACKBONES = ("resnet50", "keras_resnet50", "small_cnn")
+HUB_PREFIX = "hub:"
+flags.DEFINE_string("backbone", "resnet50", f"The network: one of {', '.join(BACKBONES)}, or {HUB_PREFIX}<preset> "
+                    "(any KerasHub image backbone preset: a name, handle or local directory).")
 flags.DEFINE_integer("image_size", 224, "Square input size.")
 flags.DEFINE_integer("batch_size", 8, "Global batch.")
 flags.DEFINE_string("loss", "em", "Our loss (the torch step always runs the original EM).")
@@ -105,8 +119,34 @@ def memory_dataset(config):
     return tf.data.Dataset.from_tensors((images, indices)).repeat().prefetch(2), config.batch_size
 
 
+def _step_clock():
+    """A callback recording (batch, time.perf_counter()) at each on_train_batch_end.
+
+    async_safe: it adds no synchronisation of its own (the `fit` variant's StopOnNaN already makes Keras call
+    batch-end callbacks in its loop; without other callbacks, as in fit_bare, Keras calls it from its dispatch
+    thread, right after the step)."""
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.async_safe = True
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append((batch, time.perf_counter()))
+
+        def step_seconds(self):
+            """Seconds per step between consecutive batch ends (the first step, which has no start here, left out)."""
+            return [(now - then) / (batch - before)
+                    for (before, then), (batch, now) in zip(self.ends, self.ends[1:]) if batch > before]
+
+    return StepClock()
+
+
 def time_fit(trainer, dataset, callbacks, steps_per_execution=1):
-    """Median images/s of --repeats timed fits of --steps steps, after --warmup untimed ones."""
+    """(median images/s, their list, per-step seconds) of --repeats timed fits of --steps steps, after --warmup
+    untimed ones; per-step seconds are the batch-end-to-batch-end intervals of every timed fit."""
     import contextlib
     import io
 
@@ -118,12 +158,15 @@ def time_fit(trainer, dataset, callbacks, steps_per_execution=1):
     with contextlib.redirect_stdout(quiet):
         model.fit(dataset, epochs=1, steps_per_epoch=max(FLAGS.warmup, steps_per_execution),
                   callbacks=callbacks(), verbose=0, shuffle=False)
-        rates = []
+        rates, step_seconds = [], []
         for _ in range(FLAGS.repeats):
+            clock = _step_clock()
             started = time.perf_counter()
-            model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=callbacks(), verbose=0, shuffle=False)
+            model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=callbacks() + [clock], verbose=0,
+                      shuffle=False)
             rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - started))
-    return statistics.median(rates), rates
+            step_seconds.extend(clock.step_seconds())
+    return statistics.median(rates), rates, step_seconds
 
 
 def run_callbacks():
@@ -161,7 +204,18 @@ def measure_ours(variant, work):
             dataset, num_examples = memory_dataset(config)
         trainer = build(config, num_examples)
         callbacks = (lambda: []) if variant == "fit_bare" else run_callbacks
-        return time_fit(trainer, dataset, callbacks, steps_per_execution=4 if variant == "spe4" else 1)
+        load_before = os.getloadavg()
+        median, rates, step_seconds = time_fit(trainer, dataset, callbacks,
+                                               steps_per_execution=4 if variant == "spe4" else 1)
+        step_median = statistics.median(step_seconds) if step_seconds else None
+        params = trainer.model.count_params()
+        head = [layer.count_params() for layer in trainer.model.layers if layer.name == "logits"]
+        return {"images_per_second": median, "repeats": rates,
+                "step_seconds_median": step_median,
+                "images_per_second_from_steps": config.batch_size / step_median if step_median else None,
+                "step_seconds": step_seconds,
+                "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+                "params": params, "backbone_params": params - sum(head)}
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
@@ -172,6 +226,8 @@ def measure_torch():
 
     if FLAGS.backbone == "small_cnn":
         return None, "no torch counterpart of small_cnn"
+    if FLAGS.backbone.startswith(HUB_PREFIX):
+        return None, f"no torch counterpart of {FLAGS.backbone} (the torch step is torchvision's resnet50)"
     command = [sys.executable, os.path.abspath(__file__), "--torch_child", f"--image_size={FLAGS.image_size}",
                f"--batch_size={FLAGS.batch_size}", f"--warmup={FLAGS.warmup}", f"--steps={FLAGS.steps}",
                f"--repeats={FLAGS.repeats}"]
@@ -237,18 +293,23 @@ DESCRIPTIONS = {
 
 
 def markdown(rows, torch_result, torch_reason):
-    lines = ["| variant | images/s (median) | repeats | ours / torch |", "|---|---|---|---|"]
+    lines = ["| variant | images/s (median) | repeats | ours / torch | step seconds (median, batch end to batch end) "
+             "| images/s from steps | load average (1 min, before / after) |", "|---|---|---|---|---|---|---|"]
     base = torch_result["images_per_second"] if torch_result else None
     for variant, row in rows.items():
         ratio = f"{row['images_per_second'] / base:.2f}" if base else ""
         repeats = ", ".join(f"{rate:.2f}" for rate in row["repeats"])
-        lines.append(f"| `{variant}`: {DESCRIPTIONS[variant]} | {row['images_per_second']:.2f} | {repeats} | {ratio} |")
+        step = f"{row['step_seconds_median']:.3f}" if row["step_seconds_median"] else "(too few steps)"
+        step_rate = f"{row['images_per_second_from_steps']:.2f}" if row["images_per_second_from_steps"] else ""
+        load = f"{row['load_average']['before'][0]:.2f} / {row['load_average']['after'][0]:.2f}"
+        lines.append(f"| `{variant}`: {DESCRIPTIONS[variant]} | {row['images_per_second']:.2f} | {repeats} | {ratio} "
+                     f"| {step} | {step_rate} | {load} |")
     if torch_result:
         repeats = ", ".join(f"{rate:.2f}" for rate in torch_result["repeats"])
         lines.append(f"| original code's step ({torch_result['version']}) | "
-                     f"{torch_result['images_per_second']:.2f} | {repeats} | 1.00 |")
+                     f"{torch_result['images_per_second']:.2f} | {repeats} | 1.00 | | | |")
     else:
-        lines.append(f"| original code's step | skipped: {torch_reason} | | |")
+        lines.append(f"| original code's step | skipped: {torch_reason} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +322,9 @@ def main(argv):
     unknown = [variant for variant in FLAGS.variants if variant not in VARIANTS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    if FLAGS.backbone not in BACKBONES and not (FLAGS.backbone.startswith(HUB_PREFIX)
+                                                and len(FLAGS.backbone) > len(HUB_PREFIX)):
+        raise app.UsageError(f"--backbone={FLAGS.backbone!r}: one of {', '.join(BACKBONES)} or {HUB_PREFIX}<preset>")
     import tensorflow as tf
 
     if FLAGS.intra_op_threads:  # before TensorFlow runs anything
@@ -270,9 +334,11 @@ def main(argv):
     rows = {}
     with tempfile.TemporaryDirectory(prefix="spml_train_step_") as work:
         for variant in FLAGS.variants:
-            median, rates = measure_ours(variant, os.path.join(work, variant))
-            rows[variant] = {"images_per_second": median, "repeats": rates}
-            print(f"{variant:9s} {median:8.2f} images/s", flush=True)
+            row = rows[variant] = measure_ours(variant, os.path.join(work, variant))
+            step = (f", {row['step_seconds_median']:.3f} s/step median ({row['images_per_second_from_steps']:.2f} "
+                    "images/s)" if row["step_seconds_median"] else "")
+            print(f"{variant:9s} {row['images_per_second']:8.2f} images/s{step}, load average "
+                  f"{row['load_average']['after'][0]:.2f}", flush=True)
     torch_result, torch_reason = measure_torch() if FLAGS.torch else (None, "--notorch")
     if torch_result:
         print(f"{'torch':9s} {torch_result['images_per_second']:8.2f} images/s", flush=True)
@@ -288,6 +354,7 @@ def main(argv):
                                                       "intra_op": tf.config.threading.get_intra_op_parallelism_threads()},
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
             "command": " ".join(["python", "bench/train_step.py"] + sys.argv[1:]),
+            "load_average_at_end": list(os.getloadavg()),
         },
     }
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)

@@ -19,6 +19,7 @@ LOSSES = ("full", "an", "an_ls", "wan", "epr", "role", "em", "em_apl", "ll_r", "
           "vlpl", "aevlp")
 PROGRESS = ("auto", "bar", "lines", "none")
 VL_POSITIVES = ("auto", "none", "vlpl", "aevlp")
+HUB_PREFIX = "hub:"  # --backbone=hub:<a KerasHub preset>
 
 # The flags whose value is one of a list, by flag name.
 CHOICES = {"dataset": DATASETS, "train_set_variant": LABEL_VARIANTS, "val_set_variant": LABEL_VARIANTS,
@@ -29,6 +30,8 @@ CHOICES = {"dataset": DATASETS, "train_set_variant": LABEL_VARIANTS, "val_set_va
 def check(flag, value, known=None):
     """UsageError `--flag='x' is not one of a, b, c; did you mean 'b'?` unless `value` is known."""
     known = CHOICES[flag] if known is None else known
+    if flag == "backbone" and str(value).startswith(HUB_PREFIX):  # any KerasHub preset (spml_tf/nets/hub.py)
+        return
     if value not in known:
         raise UsageError(f"--{flag}={value!r} is not one of {', '.join(known)}{did_you_mean(value, known)}")
 

@@ -102,6 +102,11 @@ def _post_init(self):
     _check(self.max_map_drop >= 0, f"--max_map_drop={self.max_map_drop} must be >= 0")
     for name, parameter in methods.HYPERPARAMETERS.items():
         parameter.check(getattr(self, name))
+    if self.backbone.startswith(choices.HUB_PREFIX):
+        _check(len(self.backbone) > len(choices.HUB_PREFIX), "--backbone=hub: needs a preset: hub:<a KerasHub preset "
+               "name, handle or directory>")
+        _check(self.weights in ("imagenet", "none"), f"--weights={self.weights!r}: a hub backbone starts from its "
+               "preset's weights (imagenet, the default) or from random ones (none)")
     if self.weights not in ("imagenet", "none"):
         _check(os.path.isfile(self.weights), f"--weights={self.weights!r} is neither 'imagenet', 'none' nor a file")
     if self.backbone == "small_cnn":

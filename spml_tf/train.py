@@ -57,7 +57,9 @@ def define_run_flags():
                   "observed: single-positive training labels; clean: all labels (the `full` oracle).")
     define_choice("val_set_variant", None,
                   "clean: select the epoch on full validation labels; observed: on single-positive ones.")
-    define_choice("backbone", None, "Backbone network.")
+    define_choice("backbone", None, "Backbone network: resnet50 is the paper's (torchvision's ResNet-50); "
+                  "hub:<preset> any KerasHub image backbone (a name such as dinov2_small, a kaggle:// or hf:// handle, "
+                  "or a directory saved with save_to_preset), with the preset's own preprocessing.")
     flags.DEFINE_string("weights", None, "Backbone weights: imagenet, none, or a path to a weights file.")
     flags.DEFINE_boolean("freeze_backbone", None, "Train only the linear head (linear probing).")
     flags.DEFINE_integer("image_size", None, "Square input size in pixels.")

@@ -3,6 +3,8 @@ starts: tests/test_distribute.py runs this file in a subprocess and reads the JS
 
     python tests/distribute_check.py step            mirrored step == one-device step, per loss
     python tests/distribute_check.py resnet_step     the same for ResNet-50 with (synchronised) BatchNorm
+    python tests/distribute_check.py hub_step PRESET the same for --backbone=hub:PRESET (a KerasHub preset
+                                                     directory; its BatchNorm synchronised by nets/hub.py)
     python tests/distribute_check.py train DATA DIR  a short em_apl training under MirroredStrategy
     python tests/distribute_check.py uneven_batch    the global batch must split over the replicas
     python tests/distribute_check.py uneven N        every loss: an epoch of N examples in global batches of 12
@@ -132,6 +134,57 @@ def resnet_step():
     return out
 
 
+def hub_step(preset):
+    """--backbone=hub:PRESET (a tiny KerasHub ResNet: BatchNorm), 32 px, global batch 8, em_apl, the trainer's SGD
+    (torch's, momentum 0.9) with the head at 10x, 3 steps: two replicas end with the weights of one device,
+    BatchNorm's moving statistics included, as hub.load synchronises every BatchNormalization of the backbone. The
+    same with each replica's own statistics (synchronized=False) as a control.
+
+    SGD, not Adam: a random tiny ResNet has dead channels whose gradient is 0 but for rounding (1e-10), and Adam's
+    first step, lr g / (|g| + 1e-8), turns the rounding of a different summation order into 6e-5 of a weight."""
+    from spml_tf import config as config_lib
+    from spml_tf.training import trainer as train_lib
+    from spml_tf.nets import models
+
+    config = config_lib.from_overrides("voc", backbone=f"hub:{preset}", image_size=32, batch_size=8, loss="em_apl",
+                                       optimizer="sgd", learning_rate=0.01, momentum=0.9, head_lr_mult=10.0)
+    rng = np.random.RandomState(0)
+    images = rng.uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
+    observed = np.zeros((24, 20), np.float32)
+    observed[rng.rand(24, 20) < 0.2] = -0.3
+    observed[np.arange(24), rng.randint(20, size=24)] = 1.0
+
+    def run(strategy, synchronized):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = models.build_model(config, 20)
+            batch_norms = [layer for layer in model._flatten_layers()
+                           if isinstance(layer, keras.layers.BatchNormalization)]
+            for layer in batch_norms:
+                layer.synchronized = layer.synchronized and synchronized
+            bank = LabelBank(observed)
+            model.compile(optimizer=train_lib.make_optimizer(config),
+                          loss=losses.LabelBankLoss(losses.get("em_apl", alpha=0.2, beta=0.02), bank))
+        dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(24))).batch(8)
+        loss = model.fit(dataset, epochs=1, verbose=0).history["loss"][0]
+        moving = [np.asarray(v) for layer in batch_norms for v in (layer.moving_mean, layer.moving_variance)]
+        return loss, model.get_weights(), moving, all(layer.synchronized for layer in batch_norms)
+
+    out = {}
+    mirrored = distribute.make_strategy("mirrored", 8).strategy  # one: two in a process share collective keys
+    for name, synchronized in (("hub", True), ("unsynchronized", False)):
+        loss_one, weights_one, moving_one, _ = run(tf.distribute.get_strategy(), synchronized)
+        loss_two, weights_two, moving_two, all_synchronized = run(mirrored, synchronized)
+        out[name] = {
+            "loss_one_device": loss_one, "loss_mirrored": loss_two, "batch_norms": len(moving_one) // 2,
+            "synchronized": all_synchronized,
+            "max_weight_difference": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights_two)),
+            "max_moving_statistic_relative_difference": max(float(np.abs(a - b).max() / np.abs(a).max())
+                                                            for a, b in zip(moving_one, moving_two)),
+        }
+    return out
+
+
 def train(data_dir, model_dir):
     from spml_tf import config as config_lib
     from spml_tf.training import trainer as train_lib
@@ -209,7 +262,8 @@ def uneven_batch():
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    result = {"step": step, "resnet_step": resnet_step, "uneven_batch": uneven_batch,
+    result = {"step": step, "resnet_step": resnet_step,
+              "hub_step": lambda: hub_step(sys.argv[2]), "uneven_batch": uneven_batch,
               "uneven": lambda: uneven(int(sys.argv[2])), "epoch": lambda: epoch(int(sys.argv[2])),
               "train": lambda: train(sys.argv[2], sys.argv[3])}[mode]()
     print(json.dumps(result))

@@ -19,6 +19,9 @@ from spml_tf.core.errors import UsageError, did_you_mean
 INSTALL_HINT = ('the vision-language scores need KerasHub: pip install "spml-tf[clip]" '
                 '(in a clone: pip install -r requirements-clip.txt)')
 TEXT_BATCH = 64
+# Preset names a "not a name KerasHub knows" line shows (those of KerasHub 0.32 that the README names).
+EXAMPLES = ("clip_vit_base_patch16", "siglip_base_patch16_224", "dinov2_small", "vit_base_patch16_224_imagenet21k",
+            "resnet_50_imagenet")
 
 
 def import_keras_hub():
@@ -107,9 +110,11 @@ def load(preset):
     return VisionLanguageModel(preset, backbone, preprocessor)
 
 
-def _from_preset(cls, preset, keras_hub):
+def _from_preset(cls, preset, keras_hub, known=None, **options):
+    """cls.from_preset(preset, **options); UsageError in one line (`known`: the preset names a typo is compared
+    with; default CLIP's and SigLIP's)."""
     try:
-        return cls.from_preset(preset)
+        return cls.from_preset(preset, **options)
     except (UsageError, KeyboardInterrupt):
         raise
     except Exception as error:  # noqa: BLE001  (KerasHub, kagglehub, huggingface_hub, h5py: each its own)
@@ -119,17 +124,18 @@ def _from_preset(cls, preset, keras_hub):
             raise
         if isinstance(error, ImportError):  # tensorflow-text, which KerasHub's tokenizers need
             raise UsageError(f"{INSTALL_HINT} ({' '.join(str(error).split())[:200]})") from None
-        raise UsageError(f"cannot load the preset {preset!r}: {_why(preset, error, keras_hub)}") from None
+        raise UsageError(f"cannot load the preset {preset!r}: {_why(preset, error, keras_hub, known)}") from None
 
 
-def _why(preset, error, keras_hub):
+def _why(preset, error, keras_hub, known=None):
     """One line on why `from_preset` failed."""
     text = " ".join(str(error).split())
     local = "://" not in preset
     if local and not os.path.isdir(preset) and text.startswith("Unknown preset identifier"):
-        names = sorted({*keras_hub.models.CLIPBackbone.presets, *keras_hub.models.SigLIPBackbone.presets})
-        return (f"no such directory, and not a name KerasHub knows (clip_vit_base_patch16, "
-                f"siglip_base_patch16_224, ...){did_you_mean(preset, names)}")
+        names = sorted(known or {*keras_hub.models.CLIPBackbone.presets, *keras_hub.models.SigLIPBackbone.presets})
+        examples = [name for name in EXAMPLES if name in names] or names[:2]
+        return (f"no such directory, and not a name KerasHub knows ({', '.join(examples)}, ...)"
+                f"{did_you_mean(preset, names)}")
     if isinstance(error, OSError) and type(error).__module__.startswith(("requests", "urllib3", "kaggle")):
         host = re.search(r"host='([^']+)'", text)
         where = f" from {host[1]}" if host else ""

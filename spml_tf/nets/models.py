@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 
-from spml_tf.nets import pretrained, resnet
+from spml_tf.nets import hub, pretrained, resnet
 from spml_tf.core.errors import DataError, reason
 
 # Keras's ResNet50 ImageNet weights were trained on caffe-style inputs: BGR,
@@ -78,7 +78,7 @@ def build_model(config, num_classes, log=print):
     normalisation, from torchvision's weights, with torch's initialisation of
     the linear head: the paper's network. keras_resnet50: keras.applications'
     ResNet50 (v1, caffe-style inputs, Keras's weights). small_cnn: the digits
-    network.
+    network. hub:<preset>: a KerasHub image backbone with its own preprocessing (hub.py).
     """
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), name="image")
     kernel_init, bias_init = "glorot_uniform", "zeros"  # Keras's defaults
@@ -100,6 +100,11 @@ def build_model(config, num_classes, log=print):
         except (OSError, ValueError, KeyError, UserWarning) as error:
             raise DataError(f"--weights={config.weights}: not weights of keras.applications' ResNet50 "
                             f"({reason(error)})") from None
+    elif hub.is_hub(config.backbone):  # any KerasHub image backbone, its own preprocessing first (hub.py)
+        backbone, converter = hub.load(hub.preset_of(config.backbone), config.image_size, config.weights != "none")
+        backbone.trainable = not config.freeze_backbone
+        features = hub.features(backbone, converter, inputs, pooling, False if config.freeze_backbone else None)
+        backbone = None
     else:
         backbone = None
         features = small_cnn(keras.layers.Rescaling(1.0 / 255.0, name="normalize")(inputs), pooling)
@@ -109,10 +114,14 @@ def build_model(config, num_classes, log=print):
     # Logits stay float32 under mixed precision: the losses need the precision.
     if config.head == "boostlu":  # torch's Conv2d initialisation is its Linear's, with fan-in C_in x 1 x 1
         logits = boostlu_head(features, num_classes, config.boostlu_alpha, kernel_init, bias_init)
-        return keras.Model(inputs, logits, name=f"{config.backbone}_boostlu_spml")
+        return keras.Model(inputs, logits, name=f"{_model_name(config.backbone)}_boostlu_spml")
     logits = keras.layers.Dense(num_classes, dtype="float32", kernel_initializer=kernel_init,
                                 bias_initializer=bias_init, name="logits")(features)
-    return keras.Model(inputs, logits, name=f"{config.backbone}_spml")
+    return keras.Model(inputs, logits, name=f"{_model_name(config.backbone)}_spml")
+
+
+def _model_name(backbone):
+    return "hub" if hub.is_hub(backbone) else backbone
 
 
 def for_saving(model):

@@ -102,3 +102,22 @@ def claim(model_dir):
         files.write_text(mark, "A directory of spml-tf training runs: the trainer writes here only where it finds "
                                "this file, or an empty directory.\n")
     return lock
+
+
+def release_unused(model_dir, created):
+    """After a run that failed before writing anything (a preset that would not load, ...): the marker and lock
+    claim() wrote go again, and the directory too when claim() made it. A directory holding anything else stays."""
+    import tensorflow as tf
+
+    from spml_tf.core import files
+
+    try:
+        entries = {name.rstrip("/") for name in tf.io.gfile.listdir(model_dir)}
+        if not entries <= {MARK, LOCK}:
+            return
+        for name in entries:
+            tf.io.gfile.remove(files.join(model_dir, name))
+        if created:
+            tf.io.gfile.rmtree(model_dir) if not tf.io.gfile.listdir(model_dir) else None
+    except (tf.errors.OpError, OSError):
+        pass  # best effort: what stays is a run's marker, which a next run accepts

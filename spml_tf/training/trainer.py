@@ -74,33 +74,44 @@ def _run(config, placement, model_dir, log, shown, per_class, positives):
     """Every step, under the precision policy, in the locked run directory."""
     splits = datasets.load(config.dataset, config.data_dir, config.observed_negatives)
     config = _fit_to_known_labels(config, splits, log)
+    created = not tf.io.gfile.exists(model_dir)
     with run_dir.claim(model_dir):  # the directory is this run's until it ends (once the data is known to be there)
-        labels = {split: splits.labels(split) for split in ("train", "val", "test") if getattr(splits, split)}
-        # A run killed earlier in this model_dir continues from its last complete epoch.
-        resumed = checkpoint.latest(model_dir)
-        run_identity = checkpoint.identity(config, splits.class_names, splits.train)
-        if resumed:
-            resumed.check_matches(run_identity)
-        first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
-        loss = losses.for_config(config)
-        data = make_datasets(config, splits, loss, first_epoch, placement)
-        log(_describe(config, splits, placement))
-        positives, vl_summary = vl_positives.load(config, type(loss), splits, labels["train"], positives, log)
-        trainer = build_trainer(config, splits, labels["train"], loss, placement, log, positives)
-        callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
-                                            resumed, log, shown)
-        if resumed:  # every part of the checkpoint was checked (make_callbacks: the callbacks' states) before this
-            with placement.strategy.scope():
-                resumed.restore_model(trainer.training_model, trainer.bank)
-            log(f"Resuming {model_dir} after epoch {resumed.epoch}"
-                + (" (early stopping had ended it)" if resumed.finished else ""))
-        fit(trainer, data, callbacks, config, first_epoch, splits)
-        results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
-        if vl_summary:
-            results["vl_positives"] = vl_summary
-        save_run(model_dir, trainer, results)
+        try:
+            results = _run_claimed(config, placement, model_dir, log, shown, per_class, positives, splits)
+        except BaseException:
+            run_dir.release_unused(model_dir, created)  # nothing written yet (a preset that would not load, ...)
+            raise
     log(format_results(results, per_class))
     log(f"Results, best weights and TensorBoard logs are in {model_dir}")
+    return results
+
+
+def _run_claimed(config, placement, model_dir, log, shown, per_class, positives, splits):
+    """The run in its claimed directory: resume or start, fit, evaluate the best epoch, save."""
+    labels = {split: splits.labels(split) for split in ("train", "val", "test") if getattr(splits, split)}
+    # A run killed earlier in this model_dir continues from its last complete epoch.
+    resumed = checkpoint.latest(model_dir)
+    run_identity = checkpoint.identity(config, splits.class_names, splits.train)
+    if resumed:
+        resumed.check_matches(run_identity)
+    first_epoch = config.epochs if resumed and resumed.finished else (resumed.epoch if resumed else 0)
+    loss = losses.for_config(config)
+    data = make_datasets(config, splits, loss, first_epoch, placement)
+    log(_describe(config, splits, placement))
+    positives, vl_summary = vl_positives.load(config, type(loss), splits, labels["train"], positives, log)
+    trainer = build_trainer(config, splits, labels["train"], loss, placement, log, positives)
+    callbacks, summary = make_callbacks(config, splits, labels, data, trainer, loss, model_dir, run_identity,
+                                        resumed, log, shown)
+    if resumed:  # every part of the checkpoint was checked (make_callbacks: the callbacks' states) before this
+        with placement.strategy.scope():
+            resumed.restore_model(trainer.training_model, trainer.bank)
+        log(f"Resuming {model_dir} after epoch {resumed.epoch}"
+            + (" (early stopping had ended it)" if resumed.finished else ""))
+    fit(trainer, data, callbacks, config, first_epoch, splits)
+    results = evaluate_best_epoch(config, splits, labels, data, trainer, summary, callbacks)
+    if vl_summary:
+        results["vl_positives"] = vl_summary
+    save_run(model_dir, trainer, results)
     return results
 
 
