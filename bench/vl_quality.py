@@ -28,15 +28,21 @@ import numpy as np  # noqa: E402
 
 from spml_tf import config as config_lib  # noqa: E402
 
-flags.DEFINE_list("losses", ["an", "epr", "ll_r", "em_apl", "gr", "vlpl", "aevlp"], "Losses to train.")
-flags.DEFINE_list("precisions", ["1", "0.75", "0.5", "0.25"], "Precisions of the simulated pseudo-positives.")
-flags.DEFINE_list("recalls", ["0.5"], "Shares of the unknown true positives the simulated scorer finds.")
-flags.DEFINE_integer("seeds", 1, "Seeds per setting (1..N).")
-flags.DEFINE_integer("epochs", None, "Override the preset's epochs (for a quick check).")
-flags.DEFINE_integer("warmup_epochs", None, "Override the preset's APL warm-up (for a quick check).")
-flags.DEFINE_string("data_dir", "", "digits data directory (default: the cache).")
-flags.DEFINE_string("output", "bench/results/vl_quality.json", "Where the JSON goes (.md and .png beside it).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The flags (defined only when run as a script: tests import simulate() beside other flags)."""
+    flags.DEFINE_list("losses", ["an", "epr", "ll_r", "em_apl", "gr", "vlpl", "aevlp"], "Losses to train.")
+    flags.DEFINE_list("precisions", ["1", "0.75", "0.5", "0.25"], "Precisions of the simulated pseudo-positives.")
+    flags.DEFINE_list("recalls", ["0.5"], "Shares of the unknown true positives the simulated scorer finds.")
+    flags.DEFINE_integer("seeds", 1, "Seeds per setting (1..N).")
+    flags.DEFINE_integer("epochs", None, "Override the preset's epochs (for a quick check).")
+    flags.DEFINE_integer("warmup_epochs", None, "Override the preset's APL warm-up (for a quick check).")
+    flags.DEFINE_string("data_dir", "", "digits data directory (default: the cache).")
+    flags.DEFINE_string("output", "bench/results/vl_quality.json", "Where the JSON goes (.md and .png beside it).")
+
+
 BASELINE = {"vlpl": "em", "aevlp": "gr"}  # the same terms without pseudo-positives
 
 
@@ -161,4 +167,5 @@ def write(results, settings, base):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
