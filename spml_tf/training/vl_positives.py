@@ -17,7 +17,7 @@ from spml_tf.core.errors import UsageError
 from spml_tf.data import datasets
 from spml_tf.methods import vl
 
-RULES = ("vlpl", "aevlp")
+RULES = vl.RULES
 
 
 def rule_of(config, loss_class):
@@ -76,10 +76,9 @@ def load(config, loss_class, splits, train_labels, given=None, log=print):
 
 
 def positives_from_scores(config, rule, arrays, meta, observed):
-    """The rule applied to the stored scores with the run's hyper-parameters."""
-    if rule == "vlpl":
-        chosen = vl.vlpl_positives(arrays["global_cosine"], observed, config.vlpl_temperature, config.vlpl_threshold)
-    else:
+    """The rule applied to the stored scores with the run's hyper-parameters (methods.vl.positives_for), once the
+    scores are known to hold what the rule reads."""
+    if rule == "aevlp":
         if not meta["grid"]:
             raise UsageError(f"AEVLP's rule reads the tiles and the scores of {meta['preset']} have none (--grid=0): "
                              "score again with --grid=4 (5 on cub)")
@@ -88,9 +87,7 @@ def positives_from_scores(config, rule, arrays, meta, observed):
                              f"and --aevlp_temperature={config.aevlp_temperature:g}: give --aevlp_temperature="
                              f"{meta['tile_temperature']:g}, or score again with --tile_temperature="
                              f"{config.aevlp_temperature:g}")
-        chosen = vl.aevlp_positives(arrays["global_cosine"], arrays["tile_max"], arrays["tile_min"], observed,
-                                    config.aevlp_temperature, config.aevlp_eta, config.aevlp_theta, config.aevlp_top_k)
-    return np.asarray(chosen, dtype=np.float32)
+    return vl.positives_for(rule, config, observed, arrays["global_cosine"], arrays["tile_max"], arrays["tile_min"])
 
 
 def describe(summary, num_examples):
