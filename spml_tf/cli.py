@@ -33,10 +33,15 @@ def run_command(default_program, define_flags, run):
 
     program = program_name(default_program)
     quiet.install(verbose=verbose_asked(sys.argv))
+    app.run(main_for(program, run), flags_parser=own_flags_parser(program, define_flags))
+
+
+def own_flags_parser(program, define_flags):
+    """Defines a command's flags and returns flags_parser with a --help of those flags only."""
     before = set(flags.FLAGS)
     define_flags()
     names = [name for name in flags.FLAGS if name not in before]
-    app.run(main_for(program, run), flags_parser=flags_parser(program, help_text=lambda: flags_help(program, names)))
+    return flags_parser(program, help_text=lambda: flags_help(program, names))
 
 
 def flags_help(program, names):

@@ -62,10 +62,7 @@ def main():
 
     program = cli.program_name("predict")
     quiet.install(verbose=cli.verbose_asked(sys.argv))
-    before = set(flags.FLAGS)
-    define_flags()
-    names = [name for name in flags.FLAGS if name not in before]
-    app.run(_main, flags_parser=cli.flags_parser(program, help_text=lambda: cli.flags_help(program, names)))
+    app.run(_main, flags_parser=cli.own_flags_parser(program, define_flags))
 
 
 if __name__ == "__main__":
