@@ -1,49 +1,48 @@
 """Training-step throughput: the trainer's real step, against the original code's PyTorch step on the same machine.
 
     python bench/train_step.py [--backbone=resnet50|keras_resnet50|small_cnn|hub:<preset>] [--image_size=224]
-                               [--batch_size=8] [--steps=10]
-                               [--variants=fit,fit_bare,jit,spe4,bf16,shards] [--output=bench/results/train_step.json]
+                               [--batch_size=8] [--warmup=3] [--steps=10] [--windows=3] [--rounds=3]
+                               [--variants=fit,fit_bare,jit,spe4,bf16,shards] [--torch_python=<python with torch>]
+                               [--busy_cores=0.25] [--output=bench/results/train_step.json]
 
-Ours is built as a run builds it (`train.build_trainer`: the model of --backbone
-without pretrained weights, the label bank, the loss of --loss over it, the
-optimizer of the config, compiled) and trained with `model.fit` on global
-batches of --batch_size, one device. --backbone=hub:<preset> takes any KerasHub
-image backbone as a run does (spml_tf/nets/hub.py; random weights, as
---weights=none; bench/hub_presets.py writes local presets of the published
-geometries). Variants:
+What is timed is steps, not calls: inside one training loop, the wall time from the end of step `--warmup` to the
+end of the step `--steps` later, `--windows` such windows one after the other (bench/step_timing.py). The loop's
+start (tracing, first allocations) and its end (a `fit` call's teardown, which can wait for tf.data's autotune
+thread: issue #27) fall outside every window. Beside each window goes the CPU the rest of the machine used
+meanwhile (other processes, and the hypervisor's steal), in cores; a window where that exceeds --busy_cores is
+flagged busy and left out of the medians while quiet windows exist.
 
-  fit        data from memory (the same batch of random images, repeated), the
-             per-step callbacks a run has (StopOnNaN and the progress bar)
+Every measurement is a process of its own, and the processes alternate: each of --rounds rounds runs every variant
+and the PyTorch step once, each round in the reverse order of the one before, with the PyTorch step next to `fit`
+(fit, torch, fit_bare, ... then ..., fit_bare, torch, fit), so a drift of the machine's speed falls on both sides.
+Both sides get the same threads: --intra_op_threads (default: the cores) inside one op, --inter_op_threads
+(default: the cores) ops at once; TensorFlow through tf.config.threading, torch through set_num_threads /
+set_num_interop_threads.
+
+Ours is built as a run builds it (`train.build_trainer`: the model of --backbone without pretrained weights, the
+label bank, the loss of --loss over it, the optimizer of the config, compiled) and trained with `model.fit` on
+global batches of --batch_size, one device. --backbone=hub:<preset> takes any KerasHub image backbone as a run does
+(spml_tf/nets/hub.py; random weights; bench/hub_presets.py writes local presets of the published geometries).
+Variants:
+
+  fit        data from memory (the same batch of random images, repeated), the per-step callbacks a run has
+             (StopOnNaN reads every step's loss; the progress display, redrawn about five times a second)
   fit_bare   the same without callbacks: what the callbacks cost
   jit        fit with `jit_compile=True` (XLA)
-  spe4       fit with Keras's steps_per_execution=4 (four steps per call)
+  spe4       fit with Keras's steps_per_execution=4 (a batch end every four steps; figures are per step)
   bf16       fit under the mixed_bfloat16 policy
-  shards     fit from TFRecord shards through the real input pipeline
-             (`pipeline.make_train_dataset`; JPEGs stored at --image_size, so
-             decode, flip, batch): input and compute together
+  shards     fit from TFRecord shards through the real input pipeline (`pipeline.make_train_dataset`; JPEGs
+             stored at --image_size, so decode, flip, batch): input and compute together
 
-Each variant trains --warmup steps untimed (tracing, allocation), then
---steps timed steps in a second `fit` call, --repeats times; the median
-images/s is reported. Whole-fit timing includes the end of each fit call, which
-can wait for tf.data's autotune thread (10 ms, doubling: figures snap to 10.23 /
-20.47 / 40.95 s, issue #27), so each row also has a per-step figure: a callback
-records time.perf_counter() at every on_train_batch_end of the timed calls, and
-`step_seconds_median` is the median batch-end-to-batch-end interval (steps 2..N
-of each call, per step: spe4's four-step calls are divided by four), with
-`images_per_second_from_steps` = --batch_size / it. os.getloadavg() is recorded
-beside each variant (the machine may be shared). When torch and torchvision are importable, the
-original code's step is timed in the same process the same way: torchvision's
-resnet50 (no weights) in train mode, the original EM loss (losses.py of
-Correr-Zhou/SPML-AckTheUnknown: -log(p + 1e-5) on positives, -alpha H(p) on
-unannotated labels, mean over B x C), torch.optim.Adam, torch using every
-core; each row then shows ours / torch. Without torch the row says so. torch is
-never a dependency of this project.
+The PyTorch step is the original code's (bench/torch_step.py: torchvision's resnet50 without weights in train mode,
+its EM loss, torch.optim.Adam, the loss read every step). It runs under --torch_python (default: this Python), so
+torch never needs to be in the project's environment; without torch the row says why it is missing.
 """
 
 import json
 import os
 import platform
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,36 +55,49 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.synthetic import make_jpegs, write_files, write_shards  # noqa: E402
+from bench import step_timing  # noqa: E402
 
 VARIANTS = ("fit", "fit_bare", "jit", "spe4", "bf16", "shards")
+TORCH = "torch"
 NUM_CLASSES = 20
 
 BACKBONES = ("resnet50", "keras_resnet50", "small_cnn")
 HUB_PREFIX = "hub:"
-flags.DEFINE_string("backbone", "resnet50", f"The network: one of {', '.join(BACKBONES)}, or {HUB_PREFIX}<preset> "
-                    "(any KerasHub image backbone preset: a name, handle or local directory).")
-flags.DEFINE_integer("image_size", 224, "Square input size.")
-flags.DEFINE_integer("batch_size", 8, "Global batch.")
-flags.DEFINE_string("loss", "em", "Our loss (the torch step always runs the original EM).")
-flags.DEFINE_integer("warmup", 3, "Untimed steps before each timing.")
-flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
-flags.DEFINE_integer("repeats", 3, "Timings per variant (median reported).")
-flags.DEFINE_list("variants", list(VARIANTS), f"Which of {', '.join(VARIANTS)}.")
-flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's threads inside one op (0: its default, the cores).")
-flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow's ops run at once (0: its default).")
-flags.DEFINE_boolean("torch", True, "Also time the original-style PyTorch step when torch is importable.")
-flags.DEFINE_boolean("torch_child", False, "Internal: time only the PyTorch step and print its JSON (run in a "
-                     "process of its own: torch and TensorFlow in one process can crash on import).")
-flags.DEFINE_string("output", "bench/results/train_step.json", "Where the JSON goes (a .md table beside it).")
 FLAGS = flags.FLAGS
 
 
-def _config(**overrides):
-    from spml_tf import config as config_lib
+def define_flags():
+    """The command's flags, defined when it runs (bench/profile_step.py adds its own to these): importing this
+    module, as the tests and profile_step do, defines nothing that could collide with another command's flags."""
+    flags.DEFINE_string("backbone", "resnet50", f"The network: one of {', '.join(BACKBONES)}, or "
+                        f"{HUB_PREFIX}<preset> (any KerasHub image backbone preset: a name, handle or local folder).")
+    flags.DEFINE_integer("image_size", 224, "Square input size.")
+    flags.DEFINE_integer("batch_size", 8, "Global batch.")
+    flags.DEFINE_string("loss", "em", "Our loss (the torch step always runs the original EM).")
+    flags.DEFINE_integer("warmup", 3, "Steps of each process before its first window (tracing, allocation).")
+    flags.DEFINE_integer("steps", 10, "Steps per window.")
+    flags.DEFINE_integer("windows", 3, "Windows per process, one after the other in one training loop.")
+    flags.DEFINE_integer("rounds", 3, "Rounds: every variant and the torch step once each, alternating.")
+    flags.DEFINE_list("variants", list(VARIANTS), f"Which of {', '.join(VARIANTS)}.")
+    flags.DEFINE_integer("intra_op_threads", 0, "Threads inside one op, both sides (0: the cores).")
+    flags.DEFINE_integer("inter_op_threads", 0, "Ops at once, both sides (0: the cores).")
+    flags.DEFINE_float("busy_cores", 0.25, "A window where the rest of the machine used more CPU than this (cores, "
+                       "steal included) is flagged busy and left out of the medians while quiet windows exist.")
+    flags.DEFINE_boolean("torch", True, "Also time the original-style PyTorch step.")
+    flags.DEFINE_string("torch_python", "", "The Python that has torch and torchvision (default: this one).")
+    flags.DEFINE_integer("timeout", 1800, "Seconds one measuring process may take before it is stopped.")
+    flags.DEFINE_string("child", "", "Internal: measure only this (a variant or torch) and print its JSON.")
+    flags.DEFINE_string("output", "bench/results/train_step.json", "Where the JSON goes (a .md table beside it).")
 
-    return config_lib.from_overrides("voc", backbone=FLAGS.backbone, weights="none", image_size=FLAGS.image_size,
-                                     batch_size=FLAGS.batch_size, loss=FLAGS.loss, **overrides)
+
+def threads():
+    return (FLAGS.intra_op_threads or os.cpu_count()), (FLAGS.inter_op_threads or os.cpu_count())
+
+
+def total_steps(steps_per_execution=1):
+    """Warm-up plus the windows, rounded up to whole executions."""
+    total = FLAGS.warmup + FLAGS.windows * FLAGS.steps
+    return -(-total // steps_per_execution) * steps_per_execution
 
 
 def _random_labels(count, seed=0):
@@ -93,6 +105,16 @@ def _random_labels(count, seed=0):
     labels = np.zeros((count, NUM_CLASSES), np.float32)
     labels[np.arange(count), rng.randint(NUM_CLASSES, size=count)] = 1.0
     return labels
+
+
+# --- Ours: one process per variant ------------------------------------------------------------------------------------
+
+
+def _config(**overrides):
+    from spml_tf import config as config_lib
+
+    return config_lib.from_overrides("voc", backbone=FLAGS.backbone, weights="none", image_size=FLAGS.image_size,
+                                     batch_size=FLAGS.batch_size, loss=FLAGS.loss, **overrides)
 
 
 def build(config, num_examples):
@@ -119,252 +141,280 @@ def memory_dataset(config):
     return tf.data.Dataset.from_tensors((images, indices)).repeat().prefetch(2), config.batch_size
 
 
-def _step_clock():
-    """A callback recording (batch, time.perf_counter()) at each on_train_batch_end.
+def shards_dataset(config, work):
+    from bench.synthetic import make_jpegs, write_files, write_shards
+    from spml_tf.data import pipeline
 
-    async_safe: it adds no synchronisation of its own (the `fit` variant's StopOnNaN already makes Keras call
-    batch-end callbacks in its loop; without other callbacks, as in fit_bare, Keras calls it from its dispatch
-    thread, right after the step)."""
-    import keras
-
-    class StepClock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.async_safe = True
-            self.ends = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.ends.append((batch, time.perf_counter()))
-
-        def step_seconds(self):
-            """Seconds per step between consecutive batch ends (the first step, which has no start here, left out)."""
-            return [(now - then) / (batch - before)
-                    for (before, then), (batch, now) in zip(self.ends, self.ends[1:]) if batch > before]
-
-    return StepClock()
-
-
-def time_fit(trainer, dataset, callbacks, steps_per_execution=1):
-    """(median images/s, their list, per-step seconds) of --repeats timed fits of --steps steps, after --warmup
-    untimed ones; per-step seconds are the batch-end-to-batch-end intervals of every timed fit."""
-    import contextlib
-    import io
-
-    model = trainer.training_model
-    if steps_per_execution != 1:
-        model.compile(optimizer=model.optimizer, loss=model.loss, steps_per_execution=steps_per_execution,
-                      jit_compile=model.jit_compile)
-    quiet = io.StringIO()  # the progress bar's output
-    with contextlib.redirect_stdout(quiet):
-        model.fit(dataset, epochs=1, steps_per_epoch=max(FLAGS.warmup, steps_per_execution),
-                  callbacks=callbacks(), verbose=0, shuffle=False)
-        rates, step_seconds = [], []
-        for _ in range(FLAGS.repeats):
-            clock = _step_clock()
-            started = time.perf_counter()
-            model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=callbacks() + [clock], verbose=0,
-                      shuffle=False)
-            rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - started))
-            step_seconds.extend(clock.step_seconds())
-    return statistics.median(rates), rates, step_seconds
+    size, count = config.image_size, max(64, 4 * config.batch_size)
+    jpegs = make_jpegs(count, size, size)
+    manifest = write_shards(os.path.join(work, "shards"), write_files(os.path.join(work, "files"), jpegs),
+                            NUM_CLASSES, shard_size_mb=8)
+    return pipeline.make_train_dataset(manifest, size, config.batch_size, random_flip=True, seed=0, epochs=1000), count
 
 
 def run_callbacks():
-    """The per-step callbacks of a run: StopOnNaN reads the loss of every step; the progress bar prints it."""
+    """The per-step callbacks of a run (trainer.make_callbacks): StopOnNaN and the progress display (here drawn into
+    a buffer); the others act at epoch ends, outside the windows."""
+    import io
+
+    from spml_tf.training import checkpoint, fit_progress
+
+    return [checkpoint.StopOnNaN(tempfile.gettempdir()),
+            fit_progress.FitProgress("bar", 1, FLAGS.batch_size, stream=io.StringIO())]
+
+
+def _recording_callback(recorder):
+    """Marks the recorder at every batch end, in fit's own loop (not async_safe: Keras calls it right after the
+    step's results exist, before the next step starts)."""
     import keras
 
-    from spml_tf.training import checkpoint
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            recorder.mark(batch + 1)  # Keras passes the last step of the execution: batch + 1 steps are done
 
-    return [checkpoint.StopOnNaN(tempfile.gettempdir()), keras.callbacks.ProgbarLogger()]
+    return Record()
 
 
-def measure_ours(variant, work):
+def measure_ours(variant):
     import keras
+    import tensorflow as tf
 
-    from spml_tf.data import pipeline
-
-    overrides = {"jit_compile": variant == "jit"}
-    policy = keras.mixed_precision.global_policy()
+    intra, inter = threads()
+    tf.config.threading.set_intra_op_parallelism_threads(intra)  # before TensorFlow runs anything
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(0)
-        config = _config(**overrides)
-        if variant == "shards":
-            size = config.image_size
-            count = max(64, 4 * config.batch_size)
-            jpegs = make_jpegs(count, size, size)
-            manifest = write_shards(os.path.join(work, "shards"), write_files(os.path.join(work, "files"), jpegs),
-                                    NUM_CLASSES, shard_size_mb=8)
-            dataset = pipeline.make_train_dataset(manifest, size, config.batch_size, random_flip=True, seed=0,
-                                                  epochs=1000)
-            num_examples = count
-        else:
-            dataset, num_examples = memory_dataset(config)
+    keras.utils.set_random_seed(0)
+    config = _config(jit_compile=variant == "jit")
+    with tempfile.TemporaryDirectory(prefix="spml_train_step_") as work:
+        dataset, num_examples = shards_dataset(config, work) if variant == "shards" else memory_dataset(config)
         trainer = build(config, num_examples)
-        callbacks = (lambda: []) if variant == "fit_bare" else run_callbacks
-        load_before = os.getloadavg()
-        median, rates, step_seconds = time_fit(trainer, dataset, callbacks,
-                                               steps_per_execution=4 if variant == "spe4" else 1)
-        step_median = statistics.median(step_seconds) if step_seconds else None
-        params = trainer.model.count_params()
-        head = [layer.count_params() for layer in trainer.model.layers if layer.name == "logits"]
-        return {"images_per_second": median, "repeats": rates,
-                "step_seconds_median": step_median,
-                "images_per_second_from_steps": config.batch_size / step_median if step_median else None,
-                "step_seconds": step_seconds,
-                "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-                "params": params, "backbone_params": params - sum(head)}
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
+        model = trainer.training_model
+        steps_per_execution = 4 if variant == "spe4" else 1
+        if steps_per_execution != 1:
+            model.compile(optimizer=model.optimizer, loss=model.loss, steps_per_execution=steps_per_execution,
+                          jit_compile=model.jit_compile)
+        recorder = step_timing.StepRecorder()
+        callbacks = [] if variant == "fit_bare" else run_callbacks()
+        model.fit(dataset, epochs=1, steps_per_epoch=total_steps(steps_per_execution), verbose=0, shuffle=False,
+                  callbacks=callbacks + [_recording_callback(recorder)])
+    params = trainer.model.count_params()
+    head = sum(layer.count_params() for layer in trainer.model.layers if layer.name == "logits")
+    return {"windows": recorder.windows(FLAGS.warmup, FLAGS.steps), "params": params, "backbone_params": params - head,
+            "version": f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+            "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}}
+
+
+# --- The original code's step, in a process of its own ----------------------------------------------------------------
 
 
 def measure_torch():
-    """The original code's step timed in a child process, or None with the reason it was not."""
-    import subprocess
+    """The original code's step (bench/torch_step.py), or {"skipped": reason} when torch / torchvision cannot be
+    imported by this Python."""
+    from bench import torch_step
 
-    if FLAGS.backbone == "small_cnn":
-        return None, "no torch counterpart of small_cnn"
-    if FLAGS.backbone.startswith(HUB_PREFIX):
-        return None, f"no torch counterpart of {FLAGS.backbone} (the torch step is torchvision's resnet50)"
-    command = [sys.executable, os.path.abspath(__file__), "--torch_child", f"--image_size={FLAGS.image_size}",
-               f"--batch_size={FLAGS.batch_size}", f"--warmup={FLAGS.warmup}", f"--steps={FLAGS.steps}",
-               f"--repeats={FLAGS.repeats}"]
-    child = subprocess.run(command, capture_output=True, text=True)
-    if child.returncode != 0:
-        return None, f"the PyTorch process failed (exit {child.returncode}): {child.stderr.strip()[-300:]}"
-    answer = json.loads(child.stdout.strip().splitlines()[-1])
-    return answer["result"], answer["reason"]
-
-
-def time_torch():
-    """The original code's step, or None with the reason when torch / torchvision cannot be imported."""
     try:
-        import torch
-        import torchvision
+        version = torch_step.versions()
     except ImportError as error:
-        return None, f"torch / torchvision not importable ({error}); install them to compare"
-    torch.set_num_threads(os.cpu_count())
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None)
-    model.fc = torch.nn.Linear(model.fc.in_features, NUM_CLASSES)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-    images = torch.rand(FLAGS.batch_size, 3, FLAGS.image_size, FLAGS.image_size)
-    labels = torch.from_numpy(_random_labels(FLAGS.batch_size))
-    alpha = 0.2
+        return {"skipped": f"torch / torchvision not importable by {sys.executable} ({error}); install them there, "
+                           "or pass --torch_python"}
+    step = torch_step.OriginalStep(FLAGS.batch_size, FLAGS.image_size, _random_labels(FLAGS.batch_size), *threads())
+    recorder = step_timing.StepRecorder()
+    for done in range(1, total_steps() + 1):
+        step.run()
+        recorder.mark(done)
+    params, backbone_params = step.params()
+    return {"windows": recorder.windows(FLAGS.warmup, FLAGS.steps), "params": params,
+            "backbone_params": backbone_params, "version": version, "threads": step.threads()}
 
-    def em_loss(logits, label_vec):  # the original losses.py's loss_em, restated
-        preds = torch.sigmoid(logits)
-        loss_mtx = torch.zeros_like(preds)
-        loss_mtx[label_vec == 1] = -torch.log(preds[label_vec == 1] + 1e-5)
-        entropy = -(preds * torch.log(preds + 1e-5) + (1 - preds) * torch.log(1 - preds + 1e-5))
-        loss_mtx[label_vec == 0] = -alpha * entropy[label_vec == 0]
-        return loss_mtx.mean()
 
-    def step():
-        optimizer.zero_grad()
-        loss = em_loss(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        return loss.item()  # the original loop reads the loss every step
+# --- The parent: alternating processes, then the summary --------------------------------------------------------------
 
-    for _ in range(FLAGS.warmup):
-        step()
-    rates = []
-    for _ in range(FLAGS.repeats):
-        started = time.perf_counter()
-        for _ in range(FLAGS.steps):
-            step()
-        rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - started))
-    version = f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads"
-    return {"images_per_second": statistics.median(rates), "repeats": rates, "version": version}, None
+
+def order_of_names():
+    """The variants, with the torch step right after `fit` (first when fit is not measured)."""
+    names = list(FLAGS.variants)
+    if FLAGS.torch and FLAGS.backbone in ("resnet50", "keras_resnet50"):
+        names.insert(names.index("fit") + 1 if "fit" in names else 0, TORCH)
+    return names
+
+
+def torch_counterpart_missing():
+    if not FLAGS.torch:
+        return "--notorch"
+    if FLAGS.backbone == "small_cnn":
+        return "no torch counterpart of small_cnn"
+    if FLAGS.backbone.startswith(HUB_PREFIX):
+        return f"no torch counterpart of {FLAGS.backbone} (the torch step is torchvision's resnet50)"
+    return None
+
+
+def run_child(name):
+    """One measuring process: its JSON, with the load averages around it."""
+    python = (FLAGS.torch_python or sys.executable) if name == TORCH else sys.executable
+    passed = ["backbone", "image_size", "batch_size", "loss", "warmup", "steps", "windows", "intra_op_threads",
+              "inter_op_threads"]
+    command = [python, os.path.abspath(__file__), f"--child={name}"] + [f"--{key}={FLAGS[key].value}" for key in passed]
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise app.UsageError(f"the {name} process took over --timeout={FLAGS.timeout} s and was stopped") from None
+    except OSError as error:
+        raise app.UsageError(f"cannot start {python} for the {name} process: {error}") from None
+    if child.returncode != 0:
+        raise app.UsageError(f"the {name} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result.update(name=name, process_seconds=time.monotonic() - started,
+                  load_average={"before": list(load_before), "after": list(os.getloadavg())})
+    return result
+
+
+def _window_line(windows):
+    parts = []
+    for window in windows:
+        other = ("" if window["other_cores"] is None
+                 else f" (rest {window['other_cores'] + window['steal_cores']:.2f} cores)")
+        parts.append(f"{window['seconds_per_step']:.3f}{other}")
+    return ", ".join(parts)
+
+
+def summarise(processes, names, images_per_step):
+    """Per name: the windows of every round pooled, and the median per round (for the paired ratios)."""
+    rows = {}
+    for name in names:
+        mine = [process for process in processes if process["name"] == name]
+        if not mine:
+            continue
+        pooled = [window for process in mine for window in process["windows"]]
+        row = step_timing.summarize(pooled, FLAGS.busy_cores, images_per_step)
+        row["per_round"] = [step_timing.summarize(process["windows"], FLAGS.busy_cores, images_per_step)
+                            ["images_per_second"] for process in mine]
+        row.update(version=mine[0]["version"], threads=mine[0]["threads"], params=mine[0]["params"],
+                   backbone_params=mine[0]["backbone_params"])
+        rows[name] = row
+    if TORCH in rows:
+        base = rows[TORCH]
+        for name, row in rows.items():
+            row["ours_over_torch"] = row["images_per_second"] / base["images_per_second"]
+            row["ours_over_torch_per_round"] = [mine / theirs for mine, theirs in zip(row["per_round"],
+                                                                                     base["per_round"])]
+    return rows
 
 
 DESCRIPTIONS = {
-    "fit": "model.fit, data in memory, a run's per-step callbacks",
-    "fit_bare": "model.fit, data in memory, no callbacks",
-    "jit": "model.fit + jit_compile (XLA)",
-    "spe4": "model.fit + steps_per_execution=4",
-    "bf16": "model.fit + mixed_bfloat16",
-    "shards": "model.fit from shards through the real pipeline",
+    "fit": "model.fit, images in memory, a run's per-step callbacks",
+    "fit_bare": "the same without callbacks",
+    "jit": "`fit` + `jit_compile` (XLA)",
+    "spe4": "`fit` + `steps_per_execution=4`",
+    "bf16": "`fit` + `mixed_bfloat16`",
+    "shards": "`fit` from TFRecord shards through the real pipeline",
+    TORCH: "the original code's step",
 }
 
 
-def markdown(rows, torch_result, torch_reason):
-    lines = ["| variant | images/s (median) | repeats | ours / torch | step seconds (median, batch end to batch end) "
-             "| images/s from steps | load average (1 min, before / after) |", "|---|---|---|---|---|---|---|"]
-    base = torch_result["images_per_second"] if torch_result else None
-    for variant, row in rows.items():
-        ratio = f"{row['images_per_second'] / base:.2f}" if base else ""
-        repeats = ", ".join(f"{rate:.2f}" for rate in row["repeats"])
-        step = f"{row['step_seconds_median']:.3f}" if row["step_seconds_median"] else "(too few steps)"
-        step_rate = f"{row['images_per_second_from_steps']:.2f}" if row["images_per_second_from_steps"] else ""
-        load = f"{row['load_average']['before'][0]:.2f} / {row['load_average']['after'][0]:.2f}"
-        lines.append(f"| `{variant}`: {DESCRIPTIONS[variant]} | {row['images_per_second']:.2f} | {repeats} | {ratio} "
-                     f"| {step} | {step_rate} | {load} |")
-    if torch_result:
-        repeats = ", ".join(f"{rate:.2f}" for rate in torch_result["repeats"])
-        lines.append(f"| original code's step ({torch_result['version']}) | "
-                     f"{torch_result['images_per_second']:.2f} | {repeats} | 1.00 | | | |")
-    else:
-        lines.append(f"| original code's step | skipped: {torch_reason} | | | | | |")
+def markdown(rows, torch_reason):
+    lines = ["| variant | images/s | seconds per step | per round (images/s) | quiet windows | rest of the machine, "
+             "cores (median / max) | ours / torch (per round) |", "|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        label = f"`{name}`: {DESCRIPTIONS[name]}" if name != TORCH else f"{DESCRIPTIONS[name]} ({row['version']})"
+        rounds = ", ".join(f"{rate:.2f}" for rate in row["per_round"])
+        quiet = f"{row['quiet_windows']} of {row['windows']}" + (" (all busy: every window used)"
+                                                                  if row["all_busy"] else "")
+        rest = ("not measured" if row["other_cores_median"] is None
+                else f"{row['other_cores_median']:.2f} / {row['other_cores_max']:.2f}")
+        ratio = ""
+        if "ours_over_torch" in row:
+            ratio = (f"{row['ours_over_torch']:.2f} ("
+                     + ", ".join(f"{value:.2f}" for value in row["ours_over_torch_per_round"]) + ")")
+        lines.append(f"| {label} | {row['images_per_second']:.2f} | {row['seconds_per_step']:.3f} | {rounds} "
+                     f"| {quiet} | {rest} | {ratio} |")
+    if TORCH not in rows:
+        lines.append(f"| {DESCRIPTIONS[TORCH]} | skipped: {torch_reason or 'not measured yet'} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    del argv
-    if FLAGS.torch_child:  # no TensorFlow in this process
-        result, reason = time_torch()
-        print(json.dumps({"result": result, "reason": reason}))
-        return
+def check_flags():
     unknown = [variant for variant in FLAGS.variants if variant not in VARIANTS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     if FLAGS.backbone not in BACKBONES and not (FLAGS.backbone.startswith(HUB_PREFIX)
                                                 and len(FLAGS.backbone) > len(HUB_PREFIX)):
         raise app.UsageError(f"--backbone={FLAGS.backbone!r}: one of {', '.join(BACKBONES)} or {HUB_PREFIX}<preset>")
-    import tensorflow as tf
+    for name in ("warmup", "steps", "windows", "rounds", "batch_size", "image_size"):
+        if FLAGS[name].value < (0 if name == "warmup" else 1):
+            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {0 if name == 'warmup' else 1}")
+    if FLAGS.child and FLAGS.child not in VARIANTS + (TORCH,):
+        raise app.UsageError(f"--child={FLAGS.child!r}: a variant or {TORCH}")
 
-    if FLAGS.intra_op_threads:  # before TensorFlow runs anything
-        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
-    if FLAGS.inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
-    rows = {}
-    with tempfile.TemporaryDirectory(prefix="spml_train_step_") as work:
-        for variant in FLAGS.variants:
-            row = rows[variant] = measure_ours(variant, os.path.join(work, variant))
-            step = (f", {row['step_seconds_median']:.3f} s/step median ({row['images_per_second_from_steps']:.2f} "
-                    "images/s)" if row["step_seconds_median"] else "")
-            print(f"{variant:9s} {row['images_per_second']:8.2f} images/s{step}, load average "
-                  f"{row['load_average']['after'][0]:.2f}", flush=True)
-    torch_result, torch_reason = measure_torch() if FLAGS.torch else (None, "--notorch")
-    if torch_result:
-        print(f"{'torch':9s} {torch_result['images_per_second']:8.2f} images/s", flush=True)
-    table = markdown(rows, torch_result, torch_reason)
-    report = {
-        "ours": rows,
-        "torch": torch_result,
-        "torch_skipped": torch_reason,
-        "config": {
-            "backbone": FLAGS.backbone, "image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size,
-            "loss": FLAGS.loss, "warmup": FLAGS.warmup, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
-            "tensorflow": tf.__version__, "threads": {"inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-                                                      "intra_op": tf.config.threading.get_intra_op_parallelism_threads()},
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            "command": " ".join(["python", "bench/train_step.py"] + sys.argv[1:]),
-            "load_average_at_end": list(os.getloadavg()),
-        },
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.splitext(FLAGS.output)[0] + ".md", "w") as f:
-        f.write(table)
+
+def main(argv):
+    del argv
+    check_flags()
+    if FLAGS.child:  # one measurement; its JSON is the last line of stdout
+        result = measure_torch() if FLAGS.child == TORCH else measure_ours(FLAGS.child)
+        print(json.dumps(result), flush=True)
+        return
+    torch_reason = torch_counterpart_missing()
+    names = [name for name in order_of_names() if name != TORCH or torch_reason is None]
+    plan = step_timing.schedule(names, FLAGS.rounds)
+    print(f"{len(plan)} processes ({FLAGS.rounds} rounds of {', '.join(names)}), each {FLAGS.warmup} warm-up steps "
+          f"then {FLAGS.windows} windows of {FLAGS.steps} steps; a window is busy when the rest of the machine used "
+          f"over {FLAGS.busy_cores} cores", flush=True)
+    processes = []
+    for index, (round_index, name) in enumerate(plan):
+        if name == TORCH and torch_reason is not None:
+            continue
+        result = run_child(name)
+        if "skipped" in result:  # no torch there: said once, and not asked again
+            torch_reason = result["skipped"]
+            print(f"[{index + 1}/{len(plan)}] torch skipped: {torch_reason}", flush=True)
+            continue
+        result["round"] = round_index
+        processes.append(result)
+        summary = step_timing.summarize(result["windows"], FLAGS.busy_cores, FLAGS.batch_size)
+        flagged = sum(window["busy"] for window in result["windows"])
+        print(f"[{index + 1}/{len(plan)}] round {round_index + 1} {name:8s} {summary['images_per_second']:6.2f} "
+              f"images/s ({result['process_seconds']:.0f} s); seconds per step by window: "
+              f"{_window_line(result['windows'])}" + (f"; {flagged} busy" if flagged else ""), flush=True)
+        # What is measured so far is written after every process: a stopped run keeps it (marked incomplete).
+        write_report(processes, names, plan, torch_reason, complete=False)
+    table = write_report(processes, names, plan, torch_reason, complete=True)
     print(table)
     print(f"Wrote {FLAGS.output}")
 
 
+def write_report(processes, names, plan, torch_reason, complete):
+    """The JSON and its table, each replaced whole (written beside, then renamed); the table is returned."""
+    rows = summarise(processes, names, FLAGS.batch_size)
+    intra, inter = threads()
+    report = {
+        "complete": complete,
+        "results": rows,
+        "torch_skipped": None if TORCH in rows else torch_reason,
+        "processes": processes,
+        "config": {
+            "backbone": FLAGS.backbone, "image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size,
+            "loss": FLAGS.loss, "warmup": FLAGS.warmup, "steps": FLAGS.steps, "windows": FLAGS.windows,
+            "rounds": FLAGS.rounds, "busy_cores": FLAGS.busy_cores, "order": [name for _, name in plan],
+            "threads": {"intra_op": intra, "inter_op": inter},
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "command": " ".join(["python", "bench/train_step.py"] + sys.argv[1:]),
+        },
+    }
+    table = markdown(rows, torch_reason) + ("" if complete else f"\n(incomplete: {len(processes)} of {len(plan)} "
+                                                                "processes measured)\n")
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    for path, text in ((FLAGS.output, json.dumps(report, indent=2)), (os.path.splitext(FLAGS.output)[0] + ".md",
+                                                                      table)):
+        with open(path + ".partial", "w") as f:
+            f.write(text)
+        os.replace(path + ".partial", path)
+    return table
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
