@@ -244,9 +244,9 @@ def run_side(side):
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        raise app.UsageError(f"the {side} process took over --timeout={FLAGS.timeout} s and was stopped") from None
+        train_step.fail(f"the {side} process took over --timeout={FLAGS.timeout} s and was stopped")
     if child.returncode != 0:
-        raise app.UsageError(f"the {side} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
+        train_step.fail(f"the {side} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 

@@ -84,7 +84,7 @@ def define_flags():
     flags.DEFINE_float("busy_cores", 0.25, "A window where the rest of the machine used more CPU than this (cores, "
                        "steal included) is flagged busy and left out of the medians while quiet windows exist.")
     flags.DEFINE_boolean("torch", True, "Also time the original-style PyTorch step.")
-    flags.DEFINE_string("torch_python", "", "The Python that has torch and torchvision (default: this one).")
+    flags.DEFINE_string("torch_python", "", "A Python with torch, torchvision, numpy and absl-py (default: this one).")
     flags.DEFINE_integer("timeout", 1800, "Seconds one measuring process may take before it is stopped.")
     flags.DEFINE_string("child", "", "Internal: measure only this (a variant or torch) and print its JSON.")
     flags.DEFINE_string("output", "bench/results/train_step.json", "Where the JSON goes (a .md table beside it).")
@@ -250,6 +250,12 @@ def torch_counterpart_missing():
     return None
 
 
+def fail(message):
+    """A measuring process that could not be run or failed: one line, exit 1 (not a usage error)."""
+    print(f"bench/train_step.py: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run_child(name):
     """One measuring process: its JSON, with the load averages around it."""
     python = (FLAGS.torch_python or sys.executable) if name == TORCH else sys.executable
@@ -261,11 +267,11 @@ def run_child(name):
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        raise app.UsageError(f"the {name} process took over --timeout={FLAGS.timeout} s and was stopped") from None
+        fail(f"the {name} process took over --timeout={FLAGS.timeout} s and was stopped")
     except OSError as error:
-        raise app.UsageError(f"cannot start {python} for the {name} process: {error}") from None
+        fail(f"cannot start {python} for the {name} process: {error}")
     if child.returncode != 0:
-        raise app.UsageError(f"the {name} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
+        fail(f"the {name} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
     result.update(name=name, process_seconds=time.monotonic() - started,
                   load_average={"before": list(load_before), "after": list(os.getloadavg())})

@@ -99,6 +99,15 @@ def test_train_step_benchmark_says_when_its_python_has_no_torch(tmp_path):
     assert result.stdout.count("torch skipped") == 1  # asked once, not again in the second round
 
 
+def test_train_step_benchmark_says_in_one_line_when_a_process_cannot_start(tmp_path):
+    missing = tmp_path / "no" / "python"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "train_step.py"), "--variants=",
+                             f"--torch_python={missing}", f"--output={tmp_path / 'out.json'}"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"bench/train_step.py: cannot start {missing}")
+
+
 def test_train_step_benchmark_refuses_an_unknown_variant():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "train_step.py"), "--variants=fit,bogus"],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
