@@ -24,7 +24,6 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -151,13 +150,7 @@ def profile_ours():
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    intra, inter = train_step.threads()
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    if FLAGS.profile_variant == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    keras.utils.set_random_seed(0)
-    config = train_step._config(jit_compile=FLAGS.profile_variant == "jit")
+    config = train_step.prepare_tensorflow(FLAGS.profile_variant)
     dataset, num_examples = train_step.memory_dataset(config)
     trainer = train_step.build(config, num_examples)
     warmup, steps = FLAGS.warmup, FLAGS.profile_steps
@@ -235,21 +228,6 @@ def profile_torch():
 # --- The parent -------------------------------------------------------------------------------------------------------
 
 
-def run_side(side):
-    python = (FLAGS.torch_python or sys.executable) if side == "torch" else sys.executable
-    passed = ["backbone", "image_size", "batch_size", "loss", "warmup", "intra_op_threads", "inter_op_threads",
-              "profile_steps", "profile_variant"]
-    command = [python, os.path.abspath(__file__), f"--profile_child={side}"] + [
-        f"--{key}={FLAGS[key].value}" for key in passed]
-    try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        train_step.fail(f"the {side} process took over --timeout={FLAGS.timeout} s and was stopped")
-    if child.returncode != 0:
-        train_step.fail(f"the {side} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
-
-
 def markdown(sides):
     lines = ["Step seconds (unprofiled / profiled): " + "; ".join(
         f"{side['side']} {side['step_seconds']:.3f} / {side['profiled_step_seconds']:.3f}" for side in sides), ""]
@@ -308,7 +286,9 @@ def main(argv):
     if not FLAGS.torch:
         print("torch skipped: --notorch", flush=True)
     for side in ("ours", "torch") if FLAGS.torch else ("ours",):
-        result = run_side(side)
+        result = train_step.run_script(side, os.path.abspath(__file__), f"--profile_child={side}", [
+            "backbone", "image_size", "batch_size", "loss", "warmup", "intra_op_threads", "inter_op_threads",
+            "profile_steps", "profile_variant"])
         if "skipped" in result:
             print(f"{side} skipped: {result['skipped']}", flush=True)
             continue

@@ -175,17 +175,26 @@ def _recording_callback(recorder):
     return Record()
 
 
-def measure_ours(variant):
+def prepare_tensorflow(variant):
+    """The threads, precision policy and seed of a measuring process (before TensorFlow runs anything), and the
+    config of `variant` (jit: XLA; bf16: mixed_bfloat16). bench/profile_step.py prepares its process so too."""
     import keras
     import tensorflow as tf
 
     intra, inter = threads()
-    tf.config.threading.set_intra_op_parallelism_threads(intra)  # before TensorFlow runs anything
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
-    config = _config(jit_compile=variant == "jit")
+    return _config(jit_compile=variant == "jit")
+
+
+def measure_ours(variant):
+    import keras
+    import tensorflow as tf
+
+    config = prepare_tensorflow(variant)
     with tempfile.TemporaryDirectory(prefix="spml_train_step_") as work:
         dataset, num_examples = shards_dataset(config, work) if variant == "shards" else memory_dataset(config)
         trainer = build(config, num_examples)
@@ -256,14 +265,12 @@ def fail(message):
     sys.exit(1)
 
 
-def run_child(name):
-    """One measuring process: its JSON, with the load averages around it."""
+def run_script(name, script, first_flag, passed):
+    """Runs `script` in a process of its own (under --torch_python for the torch side) with `first_flag` and this
+    process's values of the flags named in `passed`; its JSON, the last line of its stdout. Exits with one line
+    when it cannot start, fails or outlasts --timeout. bench/profile_step.py runs its sides with it too."""
     python = (FLAGS.torch_python or sys.executable) if name == TORCH else sys.executable
-    passed = ["backbone", "image_size", "batch_size", "loss", "warmup", "steps", "windows", "intra_op_threads",
-              "inter_op_threads"]
-    command = [python, os.path.abspath(__file__), f"--child={name}"] + [f"--{key}={FLAGS[key].value}" for key in passed]
-    load_before = os.getloadavg()
-    started = time.monotonic()
+    command = [python, script, first_flag] + [f"--{key}={FLAGS[key].value}" for key in passed]
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -272,7 +279,16 @@ def run_child(name):
         fail(f"cannot start {python} for the {name} process: {error}")
     if child.returncode != 0:
         fail(f"the {name} process failed (exit {child.returncode}): {child.stderr.strip()[-1500:]}")
-    result = json.loads(child.stdout.strip().splitlines()[-1])
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def run_child(name):
+    """One measuring process: its JSON, with the load averages around it."""
+    passed = ["backbone", "image_size", "batch_size", "loss", "warmup", "steps", "windows", "intra_op_threads",
+              "inter_op_threads"]
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    result = run_script(name, os.path.abspath(__file__), f"--child={name}", passed)
     result.update(name=name, process_seconds=time.monotonic() - started,
                   load_average={"before": list(load_before), "after": list(os.getloadavg())})
     return result
